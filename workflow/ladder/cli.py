@@ -1,0 +1,201 @@
+"""`ladder <command>`: what Snakemake rules and DVC stages run. Argument parsing only.
+
+Each command reads the files it is given and writes the outputs it is given; settings arrive as
+the JSON files `ladder configure` writes (results/configs/), never from params.yaml directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("ladder")
+
+# Errors whose message says what is wrong (a file, key or value): shown without a traceback,
+# unless LADDER_DEBUG=1.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError)
+
+
+def _configure(args: argparse.Namespace) -> None:
+    from ladder import config, io
+
+    if args.json is not None:  # Snakemake: one file, already resolved by ladder.config in the rule
+        io.write_json(args.out, json.loads(args.json))
+        return
+    params = config.load(args.params)
+    for path in config.write_settings(params, args.out_dir):
+        log.info("wrote %s", path)
+
+
+def _download(args: argparse.Namespace) -> None:
+    from ladder import io
+    from ladder.data.download import download
+
+    download(io.read_json(args.settings), args.out, retries=args.retries)
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from ladder import io
+    from ladder.data.prepare import prepare
+
+    prepare(args.raw, args.out, io.read_json(args.settings), workers=args.workers)
+
+
+def _stats(args: argparse.Namespace) -> None:
+    from ladder.data import stats
+
+    log.info("stats %s", stats.write(args.train_x, args.out))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from ladder import io
+    from ladder.train import train
+
+    train(
+        name=args.experiment,
+        settings=io.read_json(args.settings),
+        data=args.data,
+        stats=args.stats,
+        out=args.out,
+        resume_root=args.resume_dir,
+        device=args.device,
+        compile_mode=args.compile,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from ladder import io
+    from ladder.evaluate import evaluate_run
+
+    evaluate_run(
+        args.run,
+        io.read_json(args.settings),
+        args.data,
+        epochs=args.epoch,
+        device=args.device,
+        threads=args.threads,
+    )
+
+
+def _report(args: argparse.Namespace) -> None:
+    from ladder.report import build_report
+
+    build_report(
+        selection=args.selection,
+        configs=args.configs,
+        runs=args.runs,
+        data=args.data,
+        out=args.out,
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ladder", description=__doc__.splitlines()[0])
+    p.add_argument("--log", type=Path, help="also write the log to this file")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("configure", help="write the resolved settings files each stage reads")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--params", type=Path, help="params.yaml to resolve (writes every settings file)")
+    src.add_argument("--json", help="one already-resolved settings object (with --out)")
+    c.add_argument("--out-dir", type=Path, default=Path("results/configs"))
+    c.add_argument("--out", type=Path, help="the file to write with --json")
+    c.set_defaults(func=_configure)
+
+    d = sub.add_parser("download", help="fetch or import the raw dataset")
+    d.add_argument("--settings", type=Path, required=True, help="results/configs/download.json")
+    d.add_argument("--out", type=Path, required=True)
+    d.add_argument("--retries", type=int, default=3, help="retries of a failed download")
+    d.set_defaults(func=_download)
+
+    r = sub.add_parser("prepare", help="decode, resize and split into .npy arrays")
+    r.add_argument("--settings", type=Path, required=True, help="results/configs/prepare.json")
+    r.add_argument("--raw", type=Path, required=True)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    r.set_defaults(func=_prepare)
+
+    s = sub.add_parser("stats", help="per-channel mean/std of the train split")
+    s.add_argument("--train-x", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=_stats)
+
+    runtime = argparse.ArgumentParser(add_help=False)
+    runtime.add_argument(
+        "--device",
+        default=os.environ.get("LADDER_DEVICE", "auto"),
+        help="auto (CUDA when present), cpu, cuda or cuda:N [env LADDER_DEVICE]",
+    )
+    runtime.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+    t = sub.add_parser("train", parents=[runtime], help="train one experiment")
+    t.add_argument("--experiment", required=True)
+    t.add_argument("--settings", type=Path, required=True, help="results/configs/experiments/<exp>/train.json")
+    t.add_argument("--data", type=Path, required=True, help="results/data/prepared")
+    t.add_argument("--stats", type=Path, required=True, help="results/data/stats.json")
+    t.add_argument("--out", type=Path, required=True, help="results/experiments/<exp>")
+    t.add_argument("--resume-dir", type=Path, default=Path("results/resume"))
+    t.add_argument(
+        "--compile",
+        default=os.environ.get("LADDER_COMPILE", "none"),
+        choices=["none", "default", "reduce-overhead", "max-autotune"],
+        help="torch.compile mode on CUDA [env LADDER_COMPILE]",
+    )
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", parents=[runtime], help="evaluate checkpoints, with TTA")
+    e.add_argument("--run", type=Path, required=True, help="results/experiments/<exp>")
+    e.add_argument("--settings", type=Path, required=True, help="results/configs/experiments/<exp>/evaluate.json")
+    e.add_argument("--data", type=Path, required=True, help="results/data/prepared")
+    e.add_argument("--epoch", type=int, action="append", help="epoch(s) to evaluate (default: all checkpoints)")
+    e.set_defaults(func=_evaluate)
+
+    rep = sub.add_parser("report", help="aggregate every run into tables and figures")
+    rep.add_argument("--selection", type=Path, required=True, help="results/configs/selection.json")
+    rep.add_argument("--configs", type=Path, required=True, help="results/configs/experiments")
+    rep.add_argument("--runs", type=Path, required=True, help="results/experiments")
+    rep.add_argument("--data", type=Path, required=True, help="results/data/prepared")
+    rep.add_argument("--out", type=Path, required=True, help="results/report")
+    rep.set_defaults(func=_report)
+    return p
+
+
+def setup_logging(logfile: Path | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if logfile is not None:
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(logfile, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.log)
+    try:
+        args.func(args)
+    except EXPECTED_ERRORS as e:
+        if os.environ.get("LADDER_DEBUG"):
+            log.exception("ladder %s failed", args.command)
+        else:
+            log.error("%s: %s", type(e).__name__, e)
+        return 1
+    except Exception:
+        log.exception("ladder %s failed", args.command)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

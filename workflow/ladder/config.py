@@ -1,0 +1,419 @@
+"""params.yaml: load, validate against the schema, resolve `base:` chains, derive each stage's settings.
+
+This is the one place settings are interpreted. Snakemake (workflow/rules/common.smk), the DVC
+`configure` stage and the tests all go through `Params`, so both engines see the same resolution.
+Stages never read params.yaml themselves: they read the small JSON files `write_settings` makes.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from ladder import io
+
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "params.schema.yaml"
+
+# Keys of an experiment that are its own and never inherited through `base:`.
+OWN_KEYS = ("base", "description", "reference")
+# Keys that configure evaluation, not training: editing them must not retrain.
+EVAL_KEYS = ("tta",)
+
+# Settings that only mean something for one choice of `name`: they are dropped from the resolved
+# settings otherwise, so inheriting (or editing) an irrelevant key never causes a rerun.
+_WARMUP = ("warmup_epochs", "warmup_start")
+RELEVANT: dict[str, dict[str, tuple[str, ...]]] = {
+    "model": {
+        "mynet": ("blocks", "width", "dropout"),
+        "resnet18": ("unstride", "maxpool", "dropout", "shakedrop"),
+        "efficientnet_v2_s": ("unstride", "dropout", "shakedrop"),
+    },
+    "optimizer": {
+        "sgd": ("lr", "momentum", "nesterov", "weight_decay"),
+        "adamw": ("lr", "weight_decay", "betas"),
+    },
+    "schedule": {
+        "constant": _WARMUP,
+        "cosine": ("t_max", "eta_min", *_WARMUP),
+        "multistep": ("milestones", "gamma", *_WARMUP),
+        "plateau": ("factor", "patience"),
+        "linear": _WARMUP,
+        "onecycle": ("pct_start",),
+    },
+}
+# Stages that exist per architecture, for ShakeDrop and for unstride sanity.
+SHAKEDROP_STAGES = {"resnet18": range(1, 5), "efficientnet_v2_s": range(1, 7)}
+# resnet18's stride-2 convs come in pairs (conv + its shortcut) after the stem: unstriding an odd
+# count after the stem would give the two branches of a block different shapes.
+RESNET_UNSTRIDE = (0, 1, 3, 5, 7)
+EFFICIENTNET_STRIDED_CONVS = 5
+
+
+class ConfigError(ValueError):
+    """params.yaml is invalid; the message names the file and the key path at fault."""
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and schema validation
+
+
+@cache
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA_FILE.read_text())
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"line {line}: duplicate key {key!r}")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load(path: str | Path) -> Params:
+    """Read and resolve a params file; every error names the file."""
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return Params.from_dict(raw or {}, source=str(path))
+
+
+def _key_path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _format_error(error: jsonschema.ValidationError) -> list[str]:
+    where = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = list(error.schema.get("properties", {}))
+        lines = []
+        for key in error.instance:
+            if key in known:
+                continue
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else f" (valid keys: {', '.join(known)})"
+            lines.append(f"{_key_path([*error.absolute_path, key])}: unknown key{suggestion}")
+        return lines
+    if error.validator == "oneOf" and error.context:
+        best = jsonschema.exceptions.best_match(error.context)
+        return [f"{where}: {best.message}"]
+    message = error.message
+    if isinstance(error.instance, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", error.instance):
+        message += " (YAML reads 1e-4 as text: write 1.0e-4)"
+    return [f"{where}: {message}"]
+
+
+def _validate(instance: Any, sub_schema: dict, source: str, prefix: tuple = ()) -> None:
+    validator = jsonschema.Draft202012Validator(
+        {**sub_schema, "$defs": schema()["$defs"]}, format_checker=None
+    )
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = []
+        for e in errors:
+            e.path.extendleft(reversed(prefix))
+            lines += _format_error(e)
+        raise ConfigError(f"{source}: " + "\n  ".join(dict.fromkeys(lines)))
+
+
+# --------------------------------------------------------------------------------------------
+# Defaults and merging
+
+
+def _deref(node: dict) -> dict:
+    ref = node.get("$ref")
+    if ref:
+        node = {**schema()["$defs"][ref.rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def defaults(node: dict) -> Any:
+    """The default value a schema node describes, with nested object defaults filled in."""
+    node = _deref(node)
+    value = copy.deepcopy(node.get("default"))
+    props = node.get("properties")
+    if props and isinstance(value, dict):
+        for key, sub in props.items():
+            if key not in value:
+                sub_default = defaults(sub)
+                if sub_default is not None or "default" in _deref(sub):
+                    value[key] = sub_default
+    return value
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """Mappings merge key by key; anything else (lists included) is replaced."""
+    if isinstance(base, Mapping) and isinstance(override, Mapping):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = deep_merge(base.get(key), value) if key in base else copy.deepcopy(value)
+        return merged
+    return copy.deepcopy(override)
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Resolved objects
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    chain: tuple[str, ...]  # this experiment, its base, the base's base, ...
+    train: dict  # resolved training settings: what the weights depend on
+    evaluate: dict  # resolved TTA settings
+    meta: dict  # base, description, reference: only the report reads them
+
+    @property
+    def base(self) -> str:
+        return self.meta["base"]
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.train)
+
+    @property
+    def checkpoint_epochs(self) -> list[int]:
+        return checkpoint_epochs(self.train["epochs"], self.train["checkpoint_every"])
+
+
+def checkpoint_epochs(epochs: int, every: int) -> list[int]:
+    return sorted({*range(every, epochs + 1, every), epochs})
+
+
+@dataclass(frozen=True)
+class Params:
+    dataset: dict
+    tta: dict
+    experiments: dict[str, Experiment]
+    selected: tuple[str, ...]
+    source: str = "params.yaml"
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping, source: str = "params.yaml") -> Params:
+        raw = json.loads(json.dumps(raw))  # plain dicts/lists (Snakemake hands in OrderedDicts)
+        top = schema()
+        _validate(raw, {k: v for k, v in top.items() if k != "$defs"}, source)
+        dataset = deep_merge(defaults(top["properties"]["dataset"]), raw.get("dataset", {}))
+        tta = deep_merge(defaults(top["properties"]["tta"]), raw.get("tta", {}))
+        diffs = raw.get("experiments", {})
+        experiments = {name: _resolve(name, diffs, tta, source) for name in diffs}
+        selected = tuple(raw.get("run") or experiments)
+        for name in selected:
+            if name not in experiments:
+                raise ConfigError(f"{source}: run: unknown experiment {name!r}{_suggest(name, experiments)}")
+        return cls(dataset, tta, experiments, selected, source, raw)
+
+    # -- what each stage reads ------------------------------------------------------------
+    def download_settings(self) -> dict:
+        d = self.dataset
+        keep = {"tinyimagenet": ("url", "md5"), "folder": ("path", "test_path"), "digits": ()}
+        return {"source": d["source"], **{k: d[k] for k in keep[d["source"]]}}
+
+    def prepare_settings(self) -> dict:
+        d = self.dataset
+        keys = ["source", "val_fraction", "split_seed", "image_size"]
+        if d["source"] == "digits" or (d["source"] == "folder" and not d["test_path"]):
+            keys.append("test_fraction")
+        return {k: d[k] for k in keys}
+
+    def settings_files(self) -> dict[str, dict]:
+        """Relative path under results/configs/ -> content, for every selected experiment."""
+        files = {
+            "download.json": self.download_settings(),
+            "prepare.json": self.prepare_settings(),
+            "selection.json": {"experiments": list(self.selected)},
+        }
+        for name in self.selected:
+            exp = self.experiments[name]
+            files[f"experiments/{name}/train.json"] = exp.train
+            files[f"experiments/{name}/evaluate.json"] = exp.evaluate
+            files[f"experiments/{name}/report.json"] = {"name": name, **exp.meta}
+        return files
+
+    def settings(self, relpath: str) -> dict:
+        files = self.settings_files()
+        if relpath not in files:
+            raise ConfigError(f"{self.source}: no settings file {relpath!r}{_suggest(relpath, files)}")
+        return files[relpath]
+
+    def descendants(self, name: str) -> list[str]:
+        """Experiments whose settings inherit from `name` (itself included)."""
+        return [n for n, e in self.experiments.items() if name in e.chain]
+
+
+def _suggest(word: str, choices) -> str:
+    hint = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def _chain(name: str, diffs: Mapping, source: str) -> list[str]:
+    chain = [name]
+    while base := diffs[chain[-1]].get("base"):
+        if base not in diffs:
+            raise ConfigError(
+                f"{source}: experiments.{chain[-1]}.base: unknown experiment {base!r}{_suggest(base, diffs)}"
+            )
+        if base in chain:
+            cycle = " -> ".join([*chain[chain.index(base) :], base])
+            raise ConfigError(f"{source}: experiments.{name}.base: inheritance cycle {cycle}")
+        chain.append(base)
+    return chain
+
+
+def _resolve(name: str, diffs: Mapping, tta_defaults: dict, source: str) -> Experiment:
+    chain = _chain(name, diffs, source)
+    exp_schema = schema()["$defs"]["experiment"]
+    inherited = [k for k in exp_schema["properties"] if k not in OWN_KEYS + EVAL_KEYS]
+    train = {k: defaults(exp_schema["properties"][k]) for k in inherited}
+    tta = dict(tta_defaults)
+    for ancestor in reversed(chain):
+        diff = diffs[ancestor]
+        train = deep_merge(train, {k: v for k, v in diff.items() if k in inherited})
+        tta = deep_merge(tta, diff.get("tta", {}))
+    own = diffs[name]
+    train = _coerce_numbers(train, exp_schema)
+    train = _prune(train, own, f"{source}: experiments.{name}")
+    _check(train, f"{source}: experiments.{name}")
+    meta = {
+        "base": own.get("base", ""),
+        "description": own.get("description", ""),
+        "reference": deep_merge(defaults(exp_schema["properties"]["reference"]), own.get("reference", {})),
+    }
+    _validate(train, {"$ref": "#/$defs/experiment"}, source, ("experiments", name))
+    return Experiment(name, tuple(chain), train, tta, meta)
+
+
+def _coerce_numbers(value: Any, node: dict) -> Any:
+    """Write whole numbers as floats where the schema says `number`, so that `0` and `0.0` give
+    the same settings file (and fingerprint) and the edit between them reruns nothing."""
+    node = _deref(node)
+    for option in node.get("allOf", []) + node.get("oneOf", []):
+        value = _coerce_numbers(value, option)
+    if isinstance(value, dict):
+        props = node.get("properties", {})
+        return {k: _coerce_numbers(v, props[k]) if k in props else v for k, v in value.items()}
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        return [_coerce_numbers(v, node["items"]) for v in value]
+    if node.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _prune(train: dict, own: Mapping, where: str) -> dict:
+    """Drop settings the chosen model/optimizer/schedule does not use; refuse them if set here."""
+    train = copy.deepcopy(train)
+    for section, table in RELEVANT.items():
+        kind = train[section]["name"]
+        keep = {"name", *table[kind]}
+        for key in list(train[section]):
+            if key not in keep:
+                if key in own.get(section, {}):
+                    raise ConfigError(f"{where}.{section}.{key}: does not apply to {section} {kind!r}")
+                del train[section][key]
+    schedule = train["schedule"]
+    if schedule.get("t_max", 0) is None:
+        schedule["t_max"] = train["epochs"]
+    if schedule.get("warmup_epochs", 1) == 0:
+        schedule.pop("warmup_start", None)
+    for op in ("translate", "rotate", "blur", "solarize"):
+        if train["augment"][op]["p"] == 0:
+            train["augment"][op] = {"p": 0.0}
+    shakedrop = train["model"].get("shakedrop")
+    if shakedrop is not None and shakedrop["p_drop"] == 0:
+        train["model"]["shakedrop"] = {"p_drop": 0.0}
+    return train
+
+
+def _check(train: dict, where: str) -> None:
+    """Rules across keys that JSON Schema cannot say clearly."""
+    model, schedule, epochs = train["model"], train["schedule"], train["epochs"]
+    name = model["name"]
+    if name == "resnet18" and model["unstride"] not in RESNET_UNSTRIDE:
+        raise ConfigError(
+            f"{where}.model.unstride: {model['unstride']} would split a residual block's two "
+            f"branches; resnet18 allows {', '.join(map(str, RESNET_UNSTRIDE))}"
+        )
+    if name == "efficientnet_v2_s" and model["unstride"] > EFFICIENTNET_STRIDED_CONVS:
+        raise ConfigError(f"{where}.model.unstride: efficientnet_v2_s has only 5 stride-2 convolutions")
+    shakedrop = model.get("shakedrop", {})
+    if shakedrop.get("p_drop", 0) > 0:
+        valid = SHAKEDROP_STAGES[name]
+        bad = [s for s in shakedrop["stages"] if s not in valid]
+        if bad or not shakedrop["stages"]:
+            raise ConfigError(
+                f"{where}.model.shakedrop.stages: {shakedrop['stages']} - {name} has stages "
+                f"{valid.start}..{valid.stop - 1}"
+            )
+    milestones = schedule.get("milestones", [])
+    if schedule["name"] == "multistep":
+        if not milestones:
+            raise ConfigError(f"{where}.schedule.milestones: multistep needs at least one milestone")
+        if milestones != sorted(set(milestones)) or milestones[-1] > epochs:
+            raise ConfigError(
+                f"{where}.schedule.milestones: {milestones} must increase and lie within epochs ({epochs})"
+            )
+    if schedule.get("warmup_epochs", 0) >= epochs:
+        raise ConfigError(f"{where}.schedule.warmup_epochs: must be fewer than epochs ({epochs})")
+    opt = train["optimizer"]
+    if opt["name"] == "sgd" and opt["nesterov"] and opt["momentum"] == 0:
+        raise ConfigError(f"{where}.optimizer.nesterov: Nesterov needs momentum > 0 (set nesterov: false)")
+    if train["augment"]["blur"].get("kernel", 1) % 2 == 0:
+        raise ConfigError(f"{where}.augment.blur.kernel: must be odd")
+    sigma = train["augment"]["blur"].get("sigma")
+    if isinstance(sigma, list) and sigma[0] > sigma[1]:
+        raise ConfigError(f"{where}.augment.blur.sigma: [min, max] with min <= max, got {sigma}")
+
+
+def write_settings(params: Params, out_dir: str | Path, only: str | None = None) -> list[Path]:
+    """Write the settings files (all, or the one named `only`) atomically; return their paths."""
+    files = params.settings_files() if only is None else {only: params.settings(only)}
+    written = []
+    for rel, content in files.items():
+        path = Path(out_dir) / rel
+        io.write_json(path, content)
+        written.append(path)
+    return written
+
+
+def iter_keys(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Flatten nested settings to (dotted key, leaf value) pairs, for diffs in the report."""
+    if isinstance(obj, Mapping) and obj:
+        for key in sorted(obj):
+            yield from iter_keys(obj[key], f"{prefix}.{key}" if prefix else key)
+    else:
+        yield prefix, obj

@@ -1,0 +1,101 @@
+"""`ladder download`: bring a dataset's raw files into results/data/raw/ (see sources.py for layouts).
+
+The folder is built under a temporary name and renamed into place at the end, so a failed
+download, a checksum mismatch or a rejected archive leaves nothing at the final path.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pooch
+import requests
+from PIL import Image
+
+from ladder import io
+from ladder.data import archive
+
+log = logging.getLogger(__name__)
+
+
+class DownloadError(RuntimeError):
+    """The archive could not be fetched or does not match its checksum."""
+
+
+def download(settings: dict, out: str | Path, retries: int = 3) -> None:
+    """Materialise the raw dataset described by `settings` (results/configs/download.json)."""
+    source = settings["source"]
+    with io.atomic_dir(out) as tmp:
+        if source == "tinyimagenet":
+            path = fetch(settings["url"], settings["md5"], tmp, retries=retries)
+            log.info("extracting %s", path.name)
+            archive.extract(path, tmp)
+        elif source == "folder":
+            _import_folder(Path(settings["path"]), tmp / "train", "dataset.path")
+            if settings["test_path"]:
+                _import_folder(Path(settings["test_path"]), tmp / "test", "dataset.test_path")
+        elif source == "digits":
+            write_digits(tmp / "train")
+        else:
+            raise ValueError(f"dataset.source: unknown source {source!r}")
+    log.info("raw %s dataset ready in %s", source, out)
+
+
+def fetch(url: str, md5: str, folder: Path, retries: int = 3) -> Path:
+    """Stream `url` into `folder` with a progress bar, retrying dropped connections; verify md5.
+
+    pooch downloads to a temporary file, checks the hash and only then moves it into place.
+    """
+    fname = Path(urlparse(url).path).name or "archive"
+    registry = pooch.create(
+        path=folder,
+        base_url="",
+        registry={fname: f"md5:{md5}"},
+        urls={fname: url},
+        retry_if_failed=retries,
+    )
+    downloader = pooch.HTTPDownloader(progressbar=True, timeout=60)
+    try:
+        return Path(registry.fetch(fname, downloader=downloader))
+    except ValueError as e:  # pooch's hash mismatch
+        raise DownloadError(
+            f"{url}: the download does not match dataset.md5 = {md5} "
+            f"({retries + 1} attempt(s)). pooch says: {e}"
+        ) from None
+    except requests.RequestException as e:
+        raise DownloadError(f"{url}: download failed after {retries + 1} attempt(s): {e}") from None
+
+
+def _import_folder(src: Path, dst: Path, key: str) -> None:
+    """Copy a <class>/<image> tree (or safely extract an archive of one) to `dst`."""
+    if not src.exists():
+        raise FileNotFoundError(f"{key} = {src}: no such file or folder")
+    if src.is_dir():
+        # A copy, not links: DVC makes the files it caches read-only, which must not reach the
+        # user's own image folder.
+        shutil.copytree(src, dst)
+    elif archive.is_archive(src):
+        archive.extract(src, dst)
+    else:
+        raise ValueError(f"{key} = {src}: neither a folder nor a .zip/.tar archive")
+    # An archive of one top-level folder that holds the class folders: use that folder.
+    entries = [p for p in dst.iterdir() if not p.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir() and all(p.is_dir() for p in entries[0].iterdir()):
+        inner = entries[0].rename(dst.with_name(dst.name + ".inner"))
+        shutil.rmtree(dst)
+        inner.rename(dst)
+
+def write_digits(dst: Path) -> None:
+    """scikit-learn's bundled digits (1,797 real 8x8 scans, 10 classes) as <digit>/<n>.png files."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.rint(digits.images * (255 / 16)).astype(np.uint8)  # 0..16 grey levels -> 0..255
+    for n, (image, label) in enumerate(zip(pixels, digits.target, strict=True)):
+        folder = dst / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{n:04d}.png")
