@@ -1,0 +1,157 @@
+"""`ladder evaluate`: a checkpoint's accuracy on val and test, with and without test-time augmentation.
+
+TTA (the seed's method): N passes of the experiment's own training augmentations over the test
+set; each pass votes for its top class, the class with most votes wins, and a tie is broken by
+the summed probabilities. The mean-probability variant (argmax of the average) is reported too.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ladder import augment, devices, io, models
+from ladder.inference import predict
+from ladder.loader import DeviceSplit
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, truncated, or not a plain dict of tensors."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load weights with weights_only=True: a checkpoint holding anything but tensors is refused,
+    never unpickled into live objects."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused - not a plain tensor dict (weights_only=True): {e}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({e})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+    return state
+
+
+def vote(predictions: torch.Tensor, prob_sum: torch.Tensor) -> torch.Tensor:
+    """Majority vote over passes. predictions: (passes, N) class indices; prob_sum: (N, classes)
+    summed probabilities. Among the classes with the most votes, the highest prob_sum wins."""
+    votes = torch.zeros_like(prob_sum).scatter_add_(1, predictions.T, torch.ones_like(predictions.T, dtype=prob_sum.dtype))
+    tied = votes == votes.max(dim=1, keepdim=True).values
+    return torch.where(tied, prob_sum, torch.finfo(prob_sum.dtype).min).argmax(dim=1)
+
+
+def tta_views(settings: dict, tta: dict):
+    """The TTA passes as callables uint8 images -> float [0, 1] (each with its own generator)."""
+    if tta["augment"] == "flip":
+        return [lambda im, g: augment.flip_views(im)[0], lambda im, g: augment.flip_views(im)[1]]
+    return [augment.Augment(settings["augment"])] * tta["passes"]
+
+
+def evaluate_model(model: nn.Module, run_config: dict, tta: dict, val: DeviceSplit, test: DeviceSplit) -> dict:
+    norm = augment.Normalize(**run_config["normalization"]).to(test.device)
+
+    def plain(images):
+        return norm(images.float().div_(255))
+
+    result = {}
+    for name, split in (("val", val), ("test", test)):
+        logits = predict(model, split, plain)
+        y = split.y.to(logits.device)
+        result[name] = {
+            "loss": nn.functional.cross_entropy(logits, y).item(),
+            "acc": (logits.argmax(1) == y).float().mean().item(),
+        }
+        if name == "test":
+            test_pred, test_y = logits.argmax(1), y
+
+    per_class_tta = None
+    views = tta_views(run_config["settings"], tta) if (tta["passes"] > 0 or tta["augment"] == "flip") else []
+    if views:
+        # One generator for all passes, seeded: the same checkpoint always gives the same numbers.
+        g = torch.Generator(test.device).manual_seed(tta["seed"])
+        preds, prob_sum = [], torch.zeros(len(test), run_config["num_classes"], device=test.device)
+        for view in views:
+            probs = predict(model, test, lambda im, view=view: norm(view(im, g))).softmax(1)
+            preds.append(probs.argmax(1))
+            prob_sum += probs
+        voted = vote(torch.stack(preds), prob_sum)
+        result["tta"] = {
+            "augment": tta["augment"],
+            "passes": len(views),
+            "seed": tta["seed"],
+            "vote_acc": (voted == test_y).float().mean().item(),
+            "mean_acc": (prob_sum.argmax(1) == test_y).float().mean().item(),
+        }
+        per_class_tta = _per_class(voted, test_y, run_config["num_classes"])
+    else:
+        result["tta"] = None
+
+    per_class = _per_class(test_pred, test_y, run_config["num_classes"])
+    result["per_class"] = [
+        {"index": c, "count": n, "test_acc": acc, "tta_acc": None if per_class_tta is None else per_class_tta[c][1]}
+        for c, (n, acc) in enumerate(per_class)
+    ]
+    result["images"] = {"val": len(val), "test": len(test)}
+    return result
+
+
+def _per_class(pred: torch.Tensor, y: torch.Tensor, k: int) -> list[tuple[int, float | None]]:
+    count = torch.bincount(y, minlength=k)
+    hits = torch.bincount(y[pred == y], minlength=k)
+    return [(int(n), (h / n) if n else None) for n, h in zip(count.tolist(), hits.tolist(), strict=True)]
+
+
+def evaluate_run(
+    run: str | Path,
+    tta: dict,
+    data: str | Path,
+    epochs: list[int] | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+) -> list[Path]:
+    """Evaluate a training run's checkpoints (all, or `epochs`) into <run>/eval/epoch_NNN.json."""
+    run, data = Path(run), Path(data)
+    dev = torch.device(devices.resolve(device))
+    if threads:
+        torch.set_num_threads(threads)
+    run_config = io.read_json(run / "config.json")
+    epochs = epochs or run_config["checkpoint_epochs"]
+    classes = io.read_json(data / "classes.json")
+    val, test = DeviceSplit.load(data, "val", dev), DeviceSplit.load(data, "test", dev)
+    model = models.build(run_config["settings"]["model"], run_config["num_classes"], run_config["image_size"]).to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    written = []
+    for epoch in epochs:
+        started = time.perf_counter()
+        path = run / "checkpoints" / f"epoch_{epoch:03d}.pt"
+        try:
+            model.load_state_dict(load_checkpoint(path))
+        except RuntimeError as e:  # shapes or keys do not match the model
+            raise CheckpointError(f"{path}: does not fit the model in config.json: {e}") from None
+        result = evaluate_model(model, run_config, tta, val, test)
+        for row in result["per_class"]:
+            row.update(id=classes[row["index"]]["id"], name=classes[row["index"]]["name"])
+        out = run / "eval" / f"epoch_{epoch:03d}.json"
+        io.write_json(out, {"experiment": run_config["experiment"], "epoch": epoch, "checkpoint": str(path), **result})
+        tta_text = f", TTA vote {result['tta']['vote_acc']:.4f}" if result["tta"] else ""
+        log.info(
+            "%s epoch %d: val %.4f test %.4f%s (%.1fs)",
+            run_config["experiment"], epoch, result["val"]["acc"], result["test"]["acc"], tta_text,
+            time.perf_counter() - started,
+        )
+        written.append(out)
+    return written
