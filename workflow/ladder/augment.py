@@ -31,7 +31,9 @@ def hflip(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def translate_params(n: int, size: int, p: float, max_fraction: float, g: torch.Generator, device) -> torch.Tensor:
+def translate_params(
+    n: int, size: int, p: float, max_fraction: float, g: torch.Generator, device
+) -> torch.Tensor:
     """RandomApply([RandomAffine(degrees=0, translate=(m, m))], p): per image (tx, ty) in whole
     pixels, each round(U(-m * size, m * size)); zero where not applied."""
     bound = max_fraction * size
@@ -40,25 +42,28 @@ def translate_params(n: int, size: int, p: float, max_fraction: float, g: torch.
 
 
 def rotate_params(n: int, p: float, degrees: float, g: torch.Generator, device) -> torch.Tensor:
-    """RandomApply([RandomAffine(degrees=d)], p): per image angle ~ U(-d, d); zero where not applied."""
+    """RandomApply([RandomAffine(degrees=d)], p): per image angle ~ U(-d, d), else zero."""
     drawn = (torch.rand(n, generator=g, device=device) * 2 - 1) * degrees
     return torch.where(_coin(n, p, g, device), drawn, 0.0)
 
 
 def affine(x: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate counter-clockwise by `angle` degrees about the centre and shift by `shift` pixels,
-    exactly as torchvision's F.affine (nearest neighbour, zero fill), every image its own."""
+    """torchvision's F.affine per image: rotate counter-clockwise by `angle` degrees about the
+    centre, then shift by `shift` (tx, ty) pixels; nearest neighbour, zero fill."""
     n, _, h, w = x.shape
     a = angle * (math.pi / 180)
     cos, sin = torch.cos(a), torch.sin(a)
-    # affine_grid maps output to input coordinates in [-1, 1] units (x right, y down).
-    theta = torch.empty(n, 2, 3, device=x.device, dtype=torch.float32)
-    theta[:, 0, 0], theta[:, 0, 1] = cos, sin * h / w
-    theta[:, 1, 0], theta[:, 1, 1] = -sin * w / h, cos
-    theta[:, 0, 2] = -shift[:, 0] * 2 / w
-    theta[:, 1, 2] = -shift[:, 1] * 2 / h
+    # affine_grid maps output to input coordinates in [-1, 1] units (x right, y down): the
+    # inverse rotation, applied to the output position minus the shift.
+    inv = torch.stack(
+        [torch.stack([cos, sin * h / w], -1), torch.stack([-sin * w / h, cos], -1)], -2
+    )
+    t = torch.stack([shift[:, 0] * 2 / w, shift[:, 1] * 2 / h], -1)
+    theta = torch.cat([inv, -(inv @ t[:, :, None])], dim=2).float()
     grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
-    return F.grid_sample(x, grid.to(x.dtype), mode="nearest", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(
+        x, grid.to(x.dtype), mode="nearest", padding_mode="zeros", align_corners=False
+    )
 
 
 def gaussian_kernels(sigma: torch.Tensor, kernel: int) -> torch.Tensor:
@@ -103,7 +108,9 @@ class Augment:
     @property
     def is_identity(self) -> bool:
         s = self.settings
-        return s["hflip"] == 0 and all(s[op]["p"] == 0 for op in ("translate", "rotate", "blur", "solarize"))
+        return s["hflip"] == 0 and all(
+            s[op]["p"] == 0 for op in ("translate", "rotate", "blur", "solarize")
+        )
 
     def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float32 in [0, 1], every image with its own random draw."""

@@ -102,7 +102,9 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("configure", help="write the resolved settings files each stage reads")
     src = c.add_mutually_exclusive_group(required=True)
-    src.add_argument("--params", type=Path, help="params.yaml to resolve (writes every settings file)")
+    src.add_argument(
+        "--params", type=Path, help="params.yaml to resolve (writes every settings file)"
+    )
     src.add_argument("--json", help="one already-resolved settings object (with --out)")
     c.add_argument("--out-dir", type=Path, default=Path("results/configs"))
     c.add_argument("--out", type=Path, help="the file to write with --json")
@@ -118,7 +120,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--settings", type=Path, required=True, help="results/configs/prepare.json")
     r.add_argument("--raw", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
-    r.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    r.add_argument(
+        "--workers", type=int, default=None, help="decoding processes (default: all cores)"
+    )
     r.set_defaults(func=_prepare)
 
     s = sub.add_parser("stats", help="per-channel mean/std of the train split")
@@ -136,7 +140,9 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", parents=[runtime], help="train one experiment")
     t.add_argument("--experiment", required=True)
-    t.add_argument("--settings", type=Path, required=True, help="results/configs/experiments/<exp>/train.json")
+    t.add_argument(
+        "--settings", type=Path, required=True, help="results/configs/experiments/<exp>/train.json"
+    )
     t.add_argument("--data", type=Path, required=True, help="results/data/prepared")
     t.add_argument("--stats", type=Path, required=True, help="results/data/stats.json")
     t.add_argument("--out", type=Path, required=True, help="results/experiments/<exp>")
@@ -152,9 +158,16 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", parents=[runtime], help="evaluate checkpoints, with TTA")
     e.add_argument("--run", type=Path, required=True, help="results/experiments/<exp>")
-    e.add_argument("--settings", type=Path, required=True, help="results/configs/experiments/<exp>/evaluate.json")
+    e.add_argument(
+        "--settings",
+        type=Path,
+        required=True,
+        help="results/configs/experiments/<exp>/evaluate.json",
+    )
     e.add_argument("--data", type=Path, required=True, help="results/data/prepared")
-    e.add_argument("--epoch", type=int, action="append", help="epoch(s) to evaluate (default: all checkpoints)")
+    e.add_argument(
+        "--epoch", type=int, action="append", help="epoch(s) to evaluate (default: all checkpoints)"
+    )
     e.set_defaults(func=_evaluate)
 
     rep = sub.add_parser("report", help="aggregate every run into tables and figures")

@@ -22,7 +22,13 @@ CODE: dict[str, list[str]] = {
     "stats": ["data/stats.py"],
     "train": ["train.py", "optim.py", *_RUN],
     "evaluate": ["evaluate.py", *_RUN],
-    "report": ["report/__init__.py", "report/tables.py", "report/figures.py", "report/html.py", "augment.py"],
+    "report": [
+        "report/__init__.py",
+        "report/tables.py",
+        "report/figures.py",
+        "report/html.py",
+        "augment.py",
+    ],
 }
 
 

@@ -1,4 +1,4 @@
-"""params.yaml: load, validate against the schema, resolve `base:` chains, derive each stage's settings.
+"""params.yaml: load, validate against the schema, resolve `base:` chains, derive stage settings.
 
 This is the one place settings are interpreted. Snakemake (workflow/rules/common.smk), the DVC
 `configure` stage and the tests all go through `Params`, so both engines see the same resolution.
@@ -91,7 +91,7 @@ def load(path: str | Path) -> Params:
     """Read and resolve a params file; every error names the file."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except ConfigError as e:
@@ -117,14 +117,18 @@ def _format_error(error: jsonschema.ValidationError) -> list[str]:
             if key in known:
                 continue
             hint = difflib.get_close_matches(str(key), known, n=1)
-            suggestion = f" (did you mean {hint[0]!r}?)" if hint else f" (valid keys: {', '.join(known)})"
+            suggestion = (
+                f" (did you mean {hint[0]!r}?)" if hint else f" (valid keys: {', '.join(known)})"
+            )
             lines.append(f"{_key_path([*error.absolute_path, key])}: unknown key{suggestion}")
         return lines
     if error.validator == "oneOf" and error.context:
         best = jsonschema.exceptions.best_match(error.context)
         return [f"{where}: {best.message}"]
     message = error.message
-    if isinstance(error.instance, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", error.instance):
+    if isinstance(error.instance, str) and re.fullmatch(
+        r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", error.instance
+    ):
         message += " (YAML reads 1e-4 as text: write 1.0e-4)"
     return [f"{where}: {message}"]
 
@@ -149,7 +153,10 @@ def _validate(instance: Any, sub_schema: dict, source: str, prefix: tuple = ()) 
 def _deref(node: dict) -> dict:
     ref = node.get("$ref")
     if ref:
-        node = {**schema()["$defs"][ref.rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}}
+        node = {
+            **schema()["$defs"][ref.rsplit("/", 1)[1]],
+            **{k: v for k, v in node.items() if k != "$ref"},
+        }
     return node
 
 
@@ -235,7 +242,9 @@ class Params:
         selected = tuple(raw.get("run") or experiments)
         for name in selected:
             if name not in experiments:
-                raise ConfigError(f"{source}: run: unknown experiment {name!r}{_suggest(name, experiments)}")
+                raise ConfigError(
+                    f"{source}: run: unknown experiment {name!r}{_suggest(name, experiments)}"
+                )
         return cls(dataset, tta, experiments, selected, source, raw)
 
     # -- what each stage reads ------------------------------------------------------------
@@ -268,7 +277,9 @@ class Params:
     def settings(self, relpath: str) -> dict:
         files = self.settings_files()
         if relpath not in files:
-            raise ConfigError(f"{self.source}: no settings file {relpath!r}{_suggest(relpath, files)}")
+            raise ConfigError(
+                f"{self.source}: no settings file {relpath!r}{_suggest(relpath, files)}"
+            )
         return files[relpath]
 
     def descendants(self, name: str) -> list[str]:
@@ -285,9 +296,8 @@ def _chain(name: str, diffs: Mapping, source: str) -> list[str]:
     chain = [name]
     while base := diffs[chain[-1]].get("base"):
         if base not in diffs:
-            raise ConfigError(
-                f"{source}: experiments.{chain[-1]}.base: unknown experiment {base!r}{_suggest(base, diffs)}"
-            )
+            where = f"{source}: experiments.{chain[-1]}.base"
+            raise ConfigError(f"{where}: unknown experiment {base!r}{_suggest(base, diffs)}")
         if base in chain:
             cycle = " -> ".join([*chain[chain.index(base) :], base])
             raise ConfigError(f"{source}: experiments.{name}.base: inheritance cycle {cycle}")
@@ -312,7 +322,9 @@ def _resolve(name: str, diffs: Mapping, tta_defaults: dict, source: str) -> Expe
     meta = {
         "base": own.get("base", ""),
         "description": own.get("description", ""),
-        "reference": deep_merge(defaults(exp_schema["properties"]["reference"]), own.get("reference", {})),
+        "reference": deep_merge(
+            defaults(exp_schema["properties"]["reference"]), own.get("reference", {})
+        ),
     }
     _validate(train, {"$ref": "#/$defs/experiment"}, source, ("experiments", name))
     return Experiment(name, tuple(chain), train, tta, meta)
@@ -343,7 +355,9 @@ def _prune(train: dict, own: Mapping, where: str) -> dict:
         for key in list(train[section]):
             if key not in keep:
                 if key in own.get(section, {}):
-                    raise ConfigError(f"{where}.{section}.{key}: does not apply to {section} {kind!r}")
+                    raise ConfigError(
+                        f"{where}.{section}.{key}: does not apply to {section} {kind!r}"
+                    )
                 del train[section][key]
     schedule = train["schedule"]
     if schedule.get("t_max", 0) is None:
@@ -369,7 +383,9 @@ def _check(train: dict, where: str) -> None:
             f"branches; resnet18 allows {', '.join(map(str, RESNET_UNSTRIDE))}"
         )
     if name == "efficientnet_v2_s" and model["unstride"] > EFFICIENTNET_STRIDED_CONVS:
-        raise ConfigError(f"{where}.model.unstride: efficientnet_v2_s has only 5 stride-2 convolutions")
+        raise ConfigError(
+            f"{where}.model.unstride: efficientnet_v2_s has only 5 stride-2 convolutions"
+        )
     shakedrop = model.get("shakedrop", {})
     if shakedrop.get("p_drop", 0) > 0:
         valid = SHAKEDROP_STAGES[name]
@@ -382,16 +398,21 @@ def _check(train: dict, where: str) -> None:
     milestones = schedule.get("milestones", [])
     if schedule["name"] == "multistep":
         if not milestones:
-            raise ConfigError(f"{where}.schedule.milestones: multistep needs at least one milestone")
+            raise ConfigError(
+                f"{where}.schedule.milestones: multistep needs at least one milestone"
+            )
         if milestones != sorted(set(milestones)) or milestones[-1] > epochs:
             raise ConfigError(
-                f"{where}.schedule.milestones: {milestones} must increase and lie within epochs ({epochs})"
+                f"{where}.schedule.milestones: {milestones} must increase and lie within "
+                f"epochs ({epochs})"
             )
     if schedule.get("warmup_epochs", 0) >= epochs:
         raise ConfigError(f"{where}.schedule.warmup_epochs: must be fewer than epochs ({epochs})")
     opt = train["optimizer"]
     if opt["name"] == "sgd" and opt["nesterov"] and opt["momentum"] == 0:
-        raise ConfigError(f"{where}.optimizer.nesterov: Nesterov needs momentum > 0 (set nesterov: false)")
+        raise ConfigError(
+            f"{where}.optimizer.nesterov: Nesterov needs momentum > 0 (set nesterov: false)"
+        )
     if train["augment"]["blur"].get("kernel", 1) % 2 == 0:
         raise ConfigError(f"{where}.augment.blur.kernel: must be odd")
     sigma = train["augment"]["blur"].get("sigma")

@@ -1,4 +1,4 @@
-"""`ladder evaluate`: a checkpoint's accuracy on val and test, with and without test-time augmentation.
+"""`ladder evaluate`: a checkpoint's val and test accuracy, with and without test-time augmentation.
 
 TTA (the seed's method): N passes of the experiment's own training augmentations over the test
 set; each pass votes for its top class, the class with most votes wins, and a tie is broken by
@@ -36,7 +36,9 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused - not a plain tensor dict (weights_only=True): {e}") from None
+        raise CheckpointError(
+            f"{path}: refused - not a plain tensor dict (weights_only=True): {e}"
+        ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({e})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -47,7 +49,9 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def vote(predictions: torch.Tensor, prob_sum: torch.Tensor) -> torch.Tensor:
     """Majority vote over passes. predictions: (passes, N) class indices; prob_sum: (N, classes)
     summed probabilities. Among the classes with the most votes, the highest prob_sum wins."""
-    votes = torch.zeros_like(prob_sum).scatter_add_(1, predictions.T, torch.ones_like(predictions.T, dtype=prob_sum.dtype))
+    votes = torch.zeros_like(prob_sum).scatter_add_(
+        1, predictions.T, torch.ones_like(predictions.T, dtype=prob_sum.dtype)
+    )
     tied = votes == votes.max(dim=1, keepdim=True).values
     return torch.where(tied, prob_sum, torch.finfo(prob_sum.dtype).min).argmax(dim=1)
 
@@ -59,7 +63,9 @@ def tta_views(settings: dict, tta: dict):
     return [augment.Augment(settings["augment"])] * tta["passes"]
 
 
-def evaluate_model(model: nn.Module, run_config: dict, tta: dict, val: DeviceSplit, test: DeviceSplit) -> dict:
+def evaluate_model(
+    model: nn.Module, run_config: dict, tta: dict, val: DeviceSplit, test: DeviceSplit
+) -> dict:
     norm = augment.Normalize(**run_config["normalization"]).to(test.device)
 
     def plain(images):
@@ -77,7 +83,11 @@ def evaluate_model(model: nn.Module, run_config: dict, tta: dict, val: DeviceSpl
             test_pred, test_y = logits.argmax(1), y
 
     per_class_tta = None
-    views = tta_views(run_config["settings"], tta) if (tta["passes"] > 0 or tta["augment"] == "flip") else []
+    views = (
+        tta_views(run_config["settings"], tta)
+        if (tta["passes"] > 0 or tta["augment"] == "flip")
+        else []
+    )
     if views:
         # One generator for all passes, seeded: the same checkpoint always gives the same numbers.
         g = torch.Generator(test.device).manual_seed(tta["seed"])
@@ -100,7 +110,12 @@ def evaluate_model(model: nn.Module, run_config: dict, tta: dict, val: DeviceSpl
 
     per_class = _per_class(test_pred, test_y, run_config["num_classes"])
     result["per_class"] = [
-        {"index": c, "count": n, "test_acc": acc, "tta_acc": None if per_class_tta is None else per_class_tta[c][1]}
+        {
+            "index": c,
+            "count": n,
+            "test_acc": acc,
+            "tta_acc": None if per_class_tta is None else per_class_tta[c][1],
+        }
         for c, (n, acc) in enumerate(per_class)
     ]
     result["images"] = {"val": len(val), "test": len(test)}
@@ -110,7 +125,9 @@ def evaluate_model(model: nn.Module, run_config: dict, tta: dict, val: DeviceSpl
 def _per_class(pred: torch.Tensor, y: torch.Tensor, k: int) -> list[tuple[int, float | None]]:
     count = torch.bincount(y, minlength=k)
     hits = torch.bincount(y[pred == y], minlength=k)
-    return [(int(n), (h / n) if n else None) for n, h in zip(count.tolist(), hits.tolist(), strict=True)]
+    return [
+        (int(n), (h / n) if n else None) for n, h in zip(count.tolist(), hits.tolist(), strict=True)
+    ]
 
 
 def evaluate_run(
@@ -130,7 +147,9 @@ def evaluate_run(
     epochs = epochs or run_config["checkpoint_epochs"]
     classes = io.read_json(data / "classes.json")
     val, test = DeviceSplit.load(data, "val", dev), DeviceSplit.load(data, "test", dev)
-    model = models.build(run_config["settings"]["model"], run_config["num_classes"], run_config["image_size"]).to(dev)
+    model = models.build(
+        run_config["settings"]["model"], run_config["num_classes"], run_config["image_size"]
+    ).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
 
@@ -146,11 +165,23 @@ def evaluate_run(
         for row in result["per_class"]:
             row.update(id=classes[row["index"]]["id"], name=classes[row["index"]]["name"])
         out = run / "eval" / f"epoch_{epoch:03d}.json"
-        io.write_json(out, {"experiment": run_config["experiment"], "epoch": epoch, "checkpoint": str(path), **result})
+        io.write_json(
+            out,
+            {
+                "experiment": run_config["experiment"],
+                "epoch": epoch,
+                "checkpoint": str(path),
+                **result,
+            },
+        )
         tta_text = f", TTA vote {result['tta']['vote_acc']:.4f}" if result["tta"] else ""
         log.info(
             "%s epoch %d: val %.4f test %.4f%s (%.1fs)",
-            run_config["experiment"], epoch, result["val"]["acc"], result["test"]["acc"], tta_text,
+            run_config["experiment"],
+            epoch,
+            result["val"]["acc"],
+            result["test"]["acc"],
+            tta_text,
             time.perf_counter() - started,
         )
         written.append(out)

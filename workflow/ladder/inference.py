@@ -25,7 +25,7 @@ def predict(
     transform: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int = 500,
 ) -> torch.Tensor:
-    """float32 logits (N, classes) of `model` in eval mode on `transform(images)` for the whole split."""
+    """float32 logits (N, classes) of `model`, in eval mode, on `transform(images)` of the split."""
     was_training = model.training
     model.eval()
     out = []

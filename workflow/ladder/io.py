@@ -16,19 +16,29 @@ from pathlib import Path
 from typing import Any
 
 
+def _remove_stale(path: Path) -> None:
+    """Remove temporaries a killed writer of `path` left behind (one job writes each output)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, mode: int | None = 0o644) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it to `path` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
         if mode is not None:  # mkstemp makes 0600 files
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
+            tmp.chmod(mode)
+        tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -38,13 +48,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder next to `path`; it replaces `path` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         tmp.chmod(0o755)  # mkdtemp makes 0700 folders
         if path.exists():
             shutil.rmtree(path)
-        os.replace(tmp, path)
+        tmp.replace(path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

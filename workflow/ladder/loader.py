@@ -23,12 +23,17 @@ DEVICE_SHARE = 0.4
 class DeviceSplit:
     """One split's images (uint8 NHWC) and labels, on `device` or pinned for streaming to it."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, device: torch.device, on_device: bool | None = None):
+    def __init__(
+        self, x: np.ndarray, y: np.ndarray, device: torch.device, on_device: bool | None = None
+    ):
         if len(x) != len(y):
             raise ValueError(f"images and labels differ in length: {len(x)} vs {len(y)}")
         self.device = torch.device(device)
         if on_device is None:
-            on_device = self.device.type != "cuda" or x.nbytes < DEVICE_SHARE * torch.cuda.mem_get_info(self.device)[0]
+            on_device = (
+                self.device.type != "cuda"
+                or x.nbytes < DEVICE_SHARE * torch.cuda.mem_get_info(self.device)[0]
+            )
         home = self.device if on_device else torch.device("cpu")
         self.x = torch.from_numpy(np.ascontiguousarray(x)).to(home)
         self.y = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(home)
@@ -41,9 +46,13 @@ class DeviceSplit:
         return len(self.y)
 
     @classmethod
-    def load(cls, data: str | Path, split: str, device, on_device: bool | None = None) -> DeviceSplit:
+    def load(
+        cls, data: str | Path, split: str, device, on_device: bool | None = None
+    ) -> DeviceSplit:
         data = Path(data)
-        return cls(np.load(data / f"{split}_x.npy"), np.load(data / f"{split}_y.npy"), device, on_device)
+        return cls(
+            np.load(data / f"{split}_x.npy"), np.load(data / f"{split}_y.npy"), device, on_device
+        )
 
     def batches(
         self, batch_size: int, order: torch.Tensor | None = None, drop_last: bool = False

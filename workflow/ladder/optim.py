@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules, built from an experiment's settings with torch's own classes.
+"""Optimisers and learning-rate schedules from an experiment's settings, with torch's own classes.
 
 constant, cosine, multistep and plateau step once per epoch, as in the seed; linear (to zero) and
 onecycle step after every optimiser step. A warm-up runs before the schedule, which then starts
@@ -39,7 +39,9 @@ def optimizer(parameters, settings: dict, device: torch.device) -> torch.optim.O
 class Schedule:
     """A torch scheduler and when to step it (per epoch or per optimiser step)."""
 
-    def __init__(self, opt: torch.optim.Optimizer, settings: dict, epochs: int, steps_per_epoch: int):
+    def __init__(
+        self, opt: torch.optim.Optimizer, settings: dict, epochs: int, steps_per_epoch: int
+    ):
         self.name = settings["name"]
         self.per_step = self.name in PER_STEP
         unit = steps_per_epoch if self.per_step else 1
@@ -47,18 +49,27 @@ class Schedule:
         warmup = settings.get("warmup_epochs", 0) * unit
         if self.name == "onecycle":
             main = lr_scheduler.OneCycleLR(
-                opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total, pct_start=settings["pct_start"]
+                opt,
+                max_lr=[g["lr"] for g in opt.param_groups],
+                total_steps=total,
+                pct_start=settings["pct_start"],
             )
         elif self.name == "plateau":
             main = lr_scheduler.ReduceLROnPlateau(
                 opt, mode="max", factor=settings["factor"], patience=settings["patience"]
             )
         elif self.name == "cosine":
-            main = lr_scheduler.CosineAnnealingLR(opt, T_max=settings["t_max"], eta_min=settings["eta_min"])
+            main = lr_scheduler.CosineAnnealingLR(
+                opt, T_max=settings["t_max"], eta_min=settings["eta_min"]
+            )
         elif self.name == "multistep":
-            main = lr_scheduler.MultiStepLR(opt, milestones=settings["milestones"], gamma=settings["gamma"])
+            main = lr_scheduler.MultiStepLR(
+                opt, milestones=settings["milestones"], gamma=settings["gamma"]
+            )
         elif self.name == "linear":
-            main = lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=total - warmup)
+            main = lr_scheduler.LinearLR(
+                opt, start_factor=1.0, end_factor=0.0, total_iters=total - warmup
+            )
         elif self.name == "constant":
             main = lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
         else:

@@ -35,7 +35,16 @@ from ladder.loader import DeviceSplit
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "seconds",
+    "images_per_second",
+]
 STEPS_COLUMNS = ["step", "epoch", "lr", "loss", "acc"]
 
 
@@ -48,7 +57,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def file_digest(path: Path) -> str:
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         return hashlib.file_digest(f, "blake2b").hexdigest()[:16]
 
 
@@ -58,7 +67,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (the global RNG other libraries draw from)
     torch.manual_seed(seed)  # the CPU and every CUDA device
 
 
@@ -141,7 +150,8 @@ def train(
     image_size = int(train_split.x.shape[1])
     if len(train_split) < settings["batch_size"]:
         raise ValueError(
-            f"batch_size {settings['batch_size']}: the train split has only {len(train_split)} images"
+            f"batch_size {settings['batch_size']}: the train split has only "
+            f"{len(train_split)} images"
         )
 
     identity = {
@@ -150,7 +160,13 @@ def train(
         "normalization": augment.normalization(settings["normalize"], io.read_json(stats)),
         "num_classes": len(classes),
         "image_size": image_size,
-        "data": {p.name: file_digest(p) for p in [*(data / f"{s}.npy" for s in ("train_x", "train_y", "val_x", "val_y")), Path(stats)]},
+        "data": {
+            p.name: file_digest(p)
+            for p in [
+                *(data / f"{s}.npy" for s in ("train_x", "train_y", "val_x", "val_y")),
+                Path(stats),
+            ]
+        },
         "code_version": code.version("train"),
     }
     fp = config.fingerprint(identity)
@@ -168,13 +184,19 @@ def train(
     ema = None
     if settings["ema"]["decay"] > 0:
         ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(settings["ema"]["decay"]), use_buffers=True
+            model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(settings["ema"]["decay"]),
+            use_buffers=True,
         )
     eval_model = ema.module if ema is not None else model
     opt = optim.optimizer(model.parameters(), settings["optimizer"], dev)
     steps_per_epoch = train_split.steps(settings["batch_size"], drop_last=True)
     schedule = optim.Schedule(opt, settings["schedule"], settings["epochs"], steps_per_epoch)
-    forward = torch.compile(model, mode=compile_mode) if compile_mode != "none" and dev.type == "cuda" else model
+    forward = (
+        torch.compile(model, mode=compile_mode)
+        if compile_mode != "none" and dev.type == "cuda"
+        else model
+    )
 
     augmenter = augment.Augment(settings["augment"])
     norm = augment.Normalize(**identity["normalization"]).to(dev)
@@ -204,9 +226,16 @@ def train(
         win_loss, win_correct, win_n = zero.clone(), zero.clone(), 0
         ep_loss, ep_correct, ep_n = zero.clone(), zero.clone(), 0
         step_t, first_bad = zero.clone(), torch.full((), -1.0, device=dev)
-        bar = tqdm(total=steps_per_epoch, desc=f"{name} {epoch}/{settings['epochs']}", disable=None if progress else True, leave=False)
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"{name} {epoch}/{settings['epochs']}",
+            disable=None if progress else True,
+            leave=False,
+        )
         train_start = time.perf_counter()
-        for i, (images, labels) in enumerate(train_split.batches(settings["batch_size"], order, drop_last=True), 1):
+        for i, (images, labels) in enumerate(
+            train_split.batches(settings["batch_size"], order, drop_last=True), 1
+        ):
             x = norm(augmenter(images, gen))
             with autocast(dev):
                 logits = forward(x)
@@ -242,7 +271,11 @@ def train(
                         }
                     )
                 rate = ep_n / (time.perf_counter() - train_start)
-                bar.set_postfix(loss=f"{ep_loss.item() / ep_n:.3f}", acc=f"{ep_correct.item() / ep_n:.3f}", img_s=f"{rate:.0f}")
+                bar.set_postfix(
+                    loss=f"{ep_loss.item() / ep_n:.3f}",
+                    acc=f"{ep_correct.item() / ep_n:.3f}",
+                    img_s=f"{rate:.0f}",
+                )
                 bar.update(i - bar.n)
                 win_loss, win_correct, win_n = zero.clone(), zero.clone(), 0
         if dev.type == "cuda":
@@ -270,14 +303,34 @@ def train(
         if epoch in checkpoint_epochs:
             save_checkpoint(eval_model, state_dir / "checkpoints" / f"epoch_{epoch:03d}.pt")
         _save_state(state_path, model, ema, opt, schedule, prog)
-        io.write_text(state_dir / "history.csv", _csv(prog.history, HISTORY_COLUMNS))  # to watch progress
+        io.write_text(
+            state_dir / "history.csv", _csv(prog.history, HISTORY_COLUMNS)
+        )  # to watch progress
         log.info(
-            "%s epoch %d/%d lr %.4g train loss %.4f acc %.4f val loss %.4f acc %.4f %.1fs %.0f img/s",
-            name, epoch, settings["epochs"], lr_at_start, row["train_loss"], row["train_acc"],
-            val_loss, val_acc, row["seconds"], row["images_per_second"],
+            "%s epoch %d/%d lr %.4g train loss %.4f acc %.4f val loss %.4f acc %.4f "
+            "%.1fs %.0f img/s",
+            name,
+            epoch,
+            settings["epochs"],
+            lr_at_start,
+            row["train_loss"],
+            row["train_acc"],
+            val_loss,
+            val_acc,
+            row["seconds"],
+            row["images_per_second"],
         )
 
-    _finish(out, state_dir, identity, prog, checkpoint_epochs, dev, compile_mode, time.perf_counter() - started)
+    _finish(
+        out,
+        state_dir,
+        identity,
+        prog,
+        checkpoint_epochs,
+        dev,
+        compile_mode,
+        time.perf_counter() - started,
+    )
     return out
 
 
@@ -285,7 +338,8 @@ def _check_finite(first_bad: torch.Tensor, name: str, epoch: int, step_offset: i
     bad = int(first_bad.item())
     if bad >= 0:
         raise NonFiniteLossError(
-            f"experiment {name}: the loss became NaN/inf at epoch {epoch}, step {step_offset + bad} "
+            f"experiment {name}: the loss became NaN/inf at epoch {epoch}, "
+            f"step {step_offset + bad} "
             "(lower optimizer.lr, or check the data and normalisation)"
         )
 

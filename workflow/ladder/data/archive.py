@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 
 class UnsafeArchiveError(ValueError):
-    """The archive has a member that would land outside the target, or is not a plain file/folder."""
+    """A member would land outside the target, or is not a plain file or folder."""
 
 
 class ArchiveError(ValueError):
@@ -38,9 +38,12 @@ def _check_name(archive: Path, name: str) -> None:
 def _zip_members(archive: Path, zf: zipfile.ZipFile) -> None:
     for info in zf.infolist():
         _check_name(archive, info.filename)
-        mode = info.external_attr >> 16
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a link or special file")
+        # Unix mode bits, when the archiver recorded them; no file-type bits means a plain file.
+        kind = stat.S_IFMT(info.external_attr >> 16)
+        if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+            raise UnsafeArchiveError(
+                f"{archive}: member {info.filename!r} is a link or special file"
+            )
 
 
 def _tar_members(archive: Path, tf: tarfile.TarFile) -> None:
@@ -72,4 +75,3 @@ def extract(archive: str | Path, target: str | Path) -> None:
             raise ArchiveError(f"{archive}: not a zip or tar archive (truncated or corrupt?)")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as e:
         raise ArchiveError(f"{archive}: cannot be read, truncated or corrupt ({e})") from None
-

@@ -1,4 +1,4 @@
-"""`ladder download`: bring a dataset's raw files into results/data/raw/ (see sources.py for layouts).
+"""`ladder download`: bring a dataset's raw files into results/data/raw/ (layouts: sources.py).
 
 The folder is built under a temporary name and renamed into place at the end, so a failed
 download, a checksum mismatch or a rejected archive leaves nothing at the final path.
@@ -88,6 +88,7 @@ def _import_folder(src: Path, dst: Path, key: str) -> None:
         inner = entries[0].rename(dst.with_name(dst.name + ".inner"))
         shutil.rmtree(dst)
         inner.rename(dst)
+
 
 def write_digits(dst: Path) -> None:
     """scikit-learn's bundled digits (1,797 real 8x8 scans, 10 classes) as <digit>/<n>.png files."""

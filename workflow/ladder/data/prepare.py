@@ -55,14 +55,20 @@ def prepare(raw: str | Path, out: str | Path, settings: dict, workers: int | Non
     return summary
 
 
-def split(pool: Labelled, test: Labelled | None, settings: dict) -> dict[str, tuple[list[Path], np.ndarray]]:
+def split(
+    pool: Labelled, test: Labelled | None, settings: dict
+) -> dict[str, tuple[list[Path], np.ndarray]]:
     """Stratified, seeded train/val (and test, when the source has none) split of `pool`."""
     seed = settings["split_seed"]
     idx = np.arange(len(pool.paths))
     if test is None:
-        idx, test_idx = _stratified(idx, pool.labels, settings["test_fraction"], seed, "dataset.test_fraction")
+        idx, test_idx = _stratified(
+            idx, pool.labels, settings["test_fraction"], seed, "dataset.test_fraction"
+        )
         test = Labelled([pool.paths[i] for i in test_idx], pool.labels[test_idx])
-    train_idx, val_idx = _stratified(idx, pool.labels[idx], settings["val_fraction"], seed, "dataset.val_fraction")
+    train_idx, val_idx = _stratified(
+        idx, pool.labels[idx], settings["val_fraction"], seed, "dataset.val_fraction"
+    )
     return {
         "train": ([pool.paths[i] for i in train_idx], pool.labels[train_idx]),
         "val": ([pool.paths[i] for i in val_idx], pool.labels[val_idx]),
@@ -81,13 +87,17 @@ def _stratified(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int,
     try:
         keep, held = train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
     except ValueError as e:
-        raise ValueError(f"{key} = {fraction}: cannot split {len(idx)} images stratified: {e}") from None
+        raise ValueError(
+            f"{key} = {fraction}: cannot split {len(idx)} images stratified: {e}"
+        ) from None
     return np.sort(keep), np.sort(held)
 
 
 def _decode_into(path: Path, paths: list[Path], size: int, workers: int) -> np.ndarray:
     """Decode `paths` in parallel into a .npy memmap at `path`; return each image's digest."""
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+    array = np.lib.format.open_memmap(
+        path, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)
+    )
     digests = np.empty(len(paths), dtype="S16")
     chunks = [(paths[i : i + CHUNK], size) for i in range(0, len(paths), CHUNK)]
     # fork: workers inherit everything, and nothing here holds threads (torch is not imported).
@@ -113,7 +123,7 @@ def _decode_chunk(task: tuple[list[Path], int]) -> tuple[np.ndarray, list[bytes]
 
 
 def decode(path: Path, size: int) -> np.ndarray:
-    """Fully decode one image to RGB uint8 of side `size` (grayscale, CMYK and palettes become RGB)."""
+    """Fully decode one image to RGB uint8 of side `size` (grayscale, CMYK, palettes: RGB)."""
     try:
         with Image.open(path) as im:
             im.load()  # a full decode: Image.verify() would not notice a truncated JPEG

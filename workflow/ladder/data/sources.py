@@ -40,7 +40,9 @@ def read_layout(raw: Path, source: str) -> Layout:
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
 
 
@@ -49,14 +51,21 @@ def _tinyimagenet(raw: Path) -> Layout:
     if not roots:
         raise LayoutError(f"{raw}: no */wnids.txt - not a Tiny ImageNet tree")
     root = roots[0]
-    wnids = sorted(line.strip() for line in (root / "wnids.txt").read_text().splitlines() if line.strip())
+    wnids = sorted(
+        line.strip() for line in (root / "wnids.txt").read_text().splitlines() if line.strip()
+    )
     words = {}
     if (root / "words.txt").exists():
         for line in (root / "words.txt").read_text().splitlines():
             wnid, _, text = line.partition("\t")
             words[wnid] = text.strip()
     classes = [
-        {"index": i, "id": w, "name": words.get(w, w).split(",")[0].strip(), "words": words.get(w, w)}
+        {
+            "index": i,
+            "id": w,
+            "name": words.get(w, w).split(",")[0].strip(),
+            "words": words.get(w, w),
+        }
         for i, w in enumerate(wnids)
     ]
     index = {w: i for i, w in enumerate(wnids)}
@@ -74,14 +83,18 @@ def _tinyimagenet(raw: Path) -> Layout:
 
     annotations = root / "val" / "val_annotations.txt"
     if not annotations.exists():
-        raise LayoutError(f"{annotations}: missing (labels of the official val split, our test split)")
+        raise LayoutError(
+            f"{annotations}: missing (labels of the official val split, our test split)"
+        )
     test_paths, test_labels = [], []
     for n, line in enumerate(annotations.read_text().splitlines(), 1):
         if not line.strip():
             continue
         fields = line.split("\t")
         if len(fields) < 2 or fields[1] not in index:
-            raise LayoutError(f"{annotations}:{n}: expected '<file>\\t<wnid>' with a known wnid, got {line!r}")
+            raise LayoutError(
+                f"{annotations}:{n}: expected '<file>\\t<wnid>' with a known wnid, got {line!r}"
+            )
         path = root / "val" / "images" / fields[0]
         if not path.exists():
             raise LayoutError(f"{annotations}:{n}: image {path} is missing")
@@ -107,12 +120,18 @@ def _class_folders(raw: Path) -> Layout:
 
     def labelled(folder: Path) -> Labelled:
         paths, labels = [], []
-        for name in sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for name in sorted(
+            p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+        ):
             if name not in index:
-                raise LayoutError(f"{folder / name}: class {name!r} is not among the training classes")
+                raise LayoutError(
+                    f"{folder / name}: class {name!r} is not among the training classes"
+                )
             images = _images_in(folder / name)
             if folder == train and not images:
-                raise LayoutError(f"{folder / name}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise LayoutError(
+                    f"{folder / name}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
             paths += images
             labels += [index[name]] * len(images)
         return Labelled(paths, np.asarray(labels, dtype=np.int64))

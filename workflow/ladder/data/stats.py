@@ -38,7 +38,12 @@ def compute(train_x: str | Path) -> dict:
     n = hist.sum(axis=1)
     mean = hist @ values / n
     var = (hist * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / n
-    return {"mean": mean.tolist(), "std": np.sqrt(var).tolist(), "images": len(x), "pixels_per_channel": int(n[0])}
+    return {
+        "mean": mean.tolist(),
+        "std": np.sqrt(var).tolist(),
+        "images": len(x),
+        "pixels_per_channel": int(n[0]),
+    }
 
 
 def write(train_x: str | Path, out: str | Path) -> dict:

@@ -18,7 +18,9 @@ def build(settings: dict, num_classes: int, image_size: int) -> nn.Module:
     """The model described by an experiment's resolved `model` settings."""
     name = settings["name"]
     if name == "mynet":
-        return MyNet(num_classes, image_size, settings["blocks"], settings["width"], settings["dropout"])
+        return MyNet(
+            num_classes, image_size, settings["blocks"], settings["width"], settings["dropout"]
+        )
     if name == "resnet18":
         model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
         if not settings["maxpool"]:
@@ -41,7 +43,7 @@ def build(settings: dict, num_classes: int, image_size: int) -> nn.Module:
 
 
 def unstride(model: nn.Module, n: int) -> list[str]:
-    """Set the first `n` stride-2 convolutions (in definition order) to stride 1; return their names."""
+    """Set the first `n` stride-2 convolutions (in order) to stride 1; return their names."""
     changed = []
     for name, module in model.named_modules():
         if len(changed) == n:
@@ -50,7 +52,9 @@ def unstride(model: nn.Module, n: int) -> list[str]:
             module.stride = (1, 1)
             changed.append(name)
     if len(changed) < n:
-        raise ValueError(f"model.unstride = {n}: the model has only {len(changed)} stride-2 convolutions")
+        raise ValueError(
+            f"model.unstride = {n}: the model has only {len(changed)} stride-2 convolutions"
+        )
     return changed
 
 
@@ -58,13 +62,17 @@ def feature_sizes(model: nn.Module, image_size: int) -> dict[str, tuple[int, int
     """Spatial size of each top-level stage's output for one image (for checks and the docs)."""
     sizes = {}
     hooks = [
-        m.register_forward_hook(lambda _m, _i, out, name=name: sizes.__setitem__(name, tuple(out.shape[-2:])))
+        m.register_forward_hook(
+            lambda _m, _i, out, name=name: sizes.__setitem__(name, tuple(out.shape[-2:]))
+        )
         for name, m in model.named_children()
         if name in {"features", "conv1", "layer1", "layer2", "layer3", "layer4"}
     ]
     if hasattr(model, "features"):
         hooks += [
-            m.register_forward_hook(lambda _m, _i, out, i=i: sizes.__setitem__(f"features.{i}", tuple(out.shape[-2:])))
+            m.register_forward_hook(
+                lambda _m, _i, out, i=i: sizes.__setitem__(f"features.{i}", tuple(out.shape[-2:]))
+            )
             for i, m in enumerate(model.features)
         ]
     was_training = model.training

@@ -6,9 +6,18 @@ from torch import nn
 
 
 class MyNet(nn.Sequential):
-    def __init__(self, num_classes: int, image_size: int, blocks: int = 2, width: int = 32, dropout: float = 0.0):
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int,
+        blocks: int = 2,
+        width: int = 32,
+        dropout: float = 0.0,
+    ):
         if image_size % (2**blocks):
-            raise ValueError(f"model.blocks = {blocks}: image_size {image_size} is not divisible by {2**blocks}")
+            raise ValueError(
+                f"model.blocks = {blocks}: image_size {image_size} is not divisible by {2**blocks}"
+            )
         layers: list[nn.Module] = []
         channels = 3
         for i in range(blocks):

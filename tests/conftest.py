@@ -1,0 +1,220 @@
+"""Shared fixtures: tiny datasets built by the tests themselves, a local HTTP server, and a
+scratch copy of the workflow to run Snakemake and DVC in."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io as stdio
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# A Tiny ImageNet archive in the official layout, small
+
+
+def _jpeg(rng: np.random.Generator, size: int, grey: bool) -> bytes:
+    pixels = rng.integers(0, 256, (size, size) if grey else (size, size, 3), dtype=np.uint8)
+    buf = stdio.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_tinyimagenet_zip(
+    path: Path, classes: int = 4, train: int = 10, val: int = 3, size: int = 16
+) -> Path:
+    """tiny-imagenet-200/{wnids.txt, words.txt, train/<wnid>/images/*.JPEG, <wnid>_boxes.txt,
+    val/images/*.JPEG, val/val_annotations.txt, test/images/*.JPEG}; every 4th image grayscale."""
+    rng = np.random.default_rng(0)
+    wnids = [f"n{1000 + i:08d}" for i in range(classes)]
+    root = "tiny-imagenet-200"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{root}/wnids.txt", "".join(f"{w}\n" for w in reversed(wnids)))
+        zf.writestr(
+            f"{root}/words.txt",
+            "".join(f"{w}\tthing {i}, other name\n" for i, w in enumerate(wnids)),
+        )
+        n = 0
+        for w in wnids:
+            zf.writestr(f"{root}/train/{w}/{w}_boxes.txt", "")
+            for j in range(train):
+                zf.writestr(
+                    f"{root}/train/{w}/images/{w}_{j}.JPEG", _jpeg(rng, size, grey=n % 4 == 0)
+                )
+                n += 1
+        lines = []
+        for i in range(classes * val):
+            name = f"val_{i}.JPEG"
+            zf.writestr(f"{root}/val/images/{name}", _jpeg(rng, size, grey=i % 4 == 0))
+            lines.append(f"{name}\t{wnids[i % classes]}\t0\t0\t{size}\t{size}\n")
+        zf.writestr(f"{root}/val/val_annotations.txt", "".join(lines))
+        for i in range(3):
+            zf.writestr(f"{root}/test/images/test_{i}.JPEG", _jpeg(rng, size, grey=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tin_zip(tmp_path_factory) -> Path:
+    return make_tinyimagenet_zip(tmp_path_factory.mktemp("tin") / "tiny-imagenet-200.zip")
+
+
+# ----------------------------------------------------------------------------------------------
+# A local HTTP server with scriptable failures
+
+
+class Server:
+    def __init__(self, root: Path):
+        self.root = root
+        self.requests: list[str] = []
+        self.drop_first = 0  # the next N responses stop half way through the body
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                path = server.root / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                body = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.drop_first > 0:
+                    server.drop_first -= 1
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path / "www")
+    s.root.mkdir()
+    s.thread.start()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the workflow in a scratch project
+
+
+def _ignore(_dir, names):
+    return [n for n in names if n in {"__pycache__", ".pytest_cache"}]
+
+
+class Project:
+    """A scratch copy of the workflow (Snakefile, dvc.yaml, workflow/, profiles/) with its own
+    params.yaml, where Snakemake and DVC run as a user would run them from the repo root."""
+
+    def __init__(self, root: Path, params: dict):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        for name in ("Snakefile", "dvc.yaml", ".dvcignore"):
+            if (REPO / name).exists():
+                shutil.copy2(REPO / name, root / name)
+        for name in ("workflow", "profiles"):
+            shutil.copytree(REPO / name, root / name, ignore=_ignore, dirs_exist_ok=True)
+        self.write_params(params)
+
+    def write_params(self, params: dict) -> None:
+        (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    @property
+    def params(self) -> dict:
+        return yaml.safe_load((self.root / "params.yaml").read_text())
+
+    def env(self) -> dict:
+        env = dict(os.environ)
+        env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+        env.setdefault("LADDER_DEVICE", "cpu")
+        return env
+
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 600
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            list(cmd),
+            cwd=self.root,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+            )
+        return proc
+
+    def snakemake(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run("snakemake", "--cores", "2", *args, check=check)
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+
+# Small enough to train in seconds on a CPU, two rungs so inheritance is exercised.
+TINY_EXPERIMENTS = {
+    "small": {
+        "description": "root",
+        "model": {"name": "mynet", "blocks": 1, "width": 8},
+        "augment": {"hflip": 0.0},
+        "optimizer": {"lr": 0.05},
+        "batch_size": 32,
+        "epochs": 2,
+        "log_every": 5,
+    },
+    "small_shift": {
+        "base": "small",
+        "augment": {"translate": {"p": 0.5, "max": 0.125}},
+        "tta": {"passes": 2},
+    },
+}
+
+
+def tiny_params(**dataset) -> dict:
+    return {
+        "dataset": {"source": "digits", "image_size": 16, **dataset},
+        "tta": {"passes": 0},
+        "experiments": TINY_EXPERIMENTS,
+    }
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    return Project(tmp_path / "project", tiny_params())

@@ -1,0 +1,200 @@
+"""Training on the CPU: it learns, it resumes exactly after a SIGKILL, it fails loudly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BIN
+from ladder import config, train
+from ladder.data import prepare, stats
+from ladder.data.download import download
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> Path:
+    """Prepared digits at 16x16 plus stats.json, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("digits")
+    download({"source": "digits"}, root / "raw")
+    settings = {
+        "source": "digits",
+        "val_fraction": 0.2,
+        "test_fraction": 0.2,
+        "split_seed": 0,
+        "image_size": 16,
+    }
+    prepare.prepare(root / "raw", root / "prepared", settings, workers=2)
+    stats.write(root / "prepared" / "train_x.npy", root / "stats.json")
+    return root
+
+
+def settings(**diff) -> dict:
+    base = {
+        "model": {"name": "mynet", "blocks": 1, "width": 8},
+        "augment": {"hflip": 0.0},
+        "optimizer": {"lr": 0.05},
+    }
+    return config.Params.from_dict({"experiments": {"x": {**base, **diff}}}).experiments["x"].train
+
+
+def run(digits: Path, tmp: Path, s: dict, name: str = "x") -> Path:
+    return train.train(
+        name,
+        s,
+        digits / "prepared",
+        digits / "stats.json",
+        tmp / "runs" / name,
+        resume_root=tmp / "resume",
+        device="cpu",
+        threads=2,
+        progress=False,
+    )
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_digits_learns_and_writes_every_output(digits, tmp_path):
+    s = settings(epochs=2, batch_size=32, log_every=10, normalize="dataset", checkpoint_every=1)
+    out = run(digits, tmp_path, s)
+    history = read_csv(out / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [1, 2]
+    assert float(history[-1]["val_acc"]) > 0.5  # chance is 0.1
+    assert list(history[0]) == train.HISTORY_COLUMNS
+    steps = read_csv(out / "steps.csv")
+    assert [int(r["step"]) for r in steps] == list(range(10, 2 * (1149 // 32) + 1, 10))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["settings"] == s
+    assert cfg["checkpoint_epochs"] == [1, 2]
+    assert cfg["normalization"]["mean"] == json.loads((digits / "stats.json").read_text())["mean"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "epoch_001.pt",
+        "epoch_002.pt",
+    ]
+    weights = torch.load(out / "checkpoints" / "epoch_002.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in weights.values())
+    assert not (tmp_path / "resume" / "x").exists()  # finished: resume state cleaned up
+
+
+def test_checkpoint_every_and_the_last_epoch(digits, tmp_path):
+    out = run(digits, tmp_path, settings(epochs=5, checkpoint_every=2, batch_size=128))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "epoch_002.pt",
+        "epoch_004.pt",
+        "epoch_005.pt",
+    ]
+
+
+def test_nonfinite_loss_names_experiment_epoch_and_step(digits, tmp_path):
+    s = settings(epochs=2, batch_size=64, optimizer={"lr": 1.0e12}, log_every=1000)
+    with pytest.raises(
+        train.NonFiniteLossError,
+        match=r"experiment x: the loss became NaN/inf at epoch 1, step \d+",
+    ):
+        run(digits, tmp_path, s)
+    assert not (tmp_path / "runs" / "x" / "history.csv").exists()
+
+
+def test_a_changed_experiment_never_resumes_a_stale_state(digits, tmp_path):
+    s = settings(epochs=1, batch_size=128)
+    stale = tmp_path / "resume" / "x" / "0123456789abcdef"
+    stale.mkdir(parents=True)
+    (stale / "state.pt").write_bytes(b"from an older version of the settings")
+    run(digits, tmp_path, s)
+    assert not stale.exists()
+
+
+def _train_cmd(digits: Path, tmp: Path, settings_file: Path) -> list[str]:
+    return [
+        str(BIN / "ladder"), "train", "--experiment", "x", "--settings", str(settings_file),
+        "--data", str(digits / "prepared"), "--stats", str(digits / "stats.json"),
+        "--out", str(tmp / "runs" / "x"), "--resume-dir", str(tmp / "resume"),
+        "--device", "cpu", "--threads", "2", "--no-progress",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(digits, tmp_path):
+    # Augmentation, shuffling, dropout and momentum all in play; small batches make epochs long
+    # enough to kill one half way.
+    s = settings(
+        epochs=3, batch_size=4, model={"name": "mynet", "blocks": 1, "width": 8, "dropout": 0.3},
+        augment={"hflip": 0.5, "translate": {"p": 0.5}}, schedule={"name": "cosine"},
+    )  # fmt: skip
+    settings_file = tmp_path / "train.json"
+    settings_file.write_text(json.dumps(s))
+
+    whole = tmp_path / "whole"
+    subprocess.run(_train_cmd(digits, whole, settings_file), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _train_cmd(digits, killed, settings_file), stderr=subprocess.PIPE, text=True
+    )
+    state = next(iter((killed / "resume" / "x").glob("*")), None)
+    deadline = time.monotonic() + 120
+    while (
+        state is None
+        or not (state / "checkpoints" / "epoch_001.pt").exists()
+        or not (state / "state.pt").exists()
+    ):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+        state = next(iter((killed / "resume" / "x").glob("*")), None)
+    time.sleep(0.05)  # into epoch 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    saved = torch.load(state / "state.pt", weights_only=True)
+    assert saved["progress"]["epoch"] == 1, "killed outside epoch 2: nothing tested"
+    assert not (killed / "runs" / "x" / "history.csv").exists()
+
+    resumed = subprocess.run(
+        _train_cmd(digits, killed, settings_file), check=True, capture_output=True, text=True
+    )
+    assert "resuming after epoch 1" in resumed.stderr
+    for name in ("epoch_001.pt", "epoch_002.pt", "epoch_003.pt"):
+        a = torch.load(whole / "runs" / "x" / "checkpoints" / name, weights_only=True)
+        b = torch.load(killed / "runs" / "x" / "checkpoints" / name, weights_only=True)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+    def history(root: Path) -> list[dict]:  # all but the timings
+        rows = read_csv(root / "runs" / "x" / "history.csv")
+        return [
+            {k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in rows
+        ]
+
+    assert history(whole) == history(killed)
+    assert read_csv(whole / "runs" / "x" / "steps.csv") == read_csv(
+        killed / "runs" / "x" / "steps.csv"
+    )
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path):
+    bad = tmp_path / "train.json"
+    bad.write_text("{not json")
+    cmd = [sys.executable, "-m", "ladder", "train", "--experiment", "x", "--settings", str(bad)]
+    cmd += [
+        "--data",
+        str(tmp_path),
+        "--stats",
+        str(tmp_path / "s.json"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    proc = subprocess.run([*cmd, "--device", "cpu"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert f"{bad}: not valid JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr
