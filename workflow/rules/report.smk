@@ -13,6 +13,7 @@ rule report:
         markdown="results/report/report.md",
         ladder=report("results/report/ladder.csv", category="Tables"),
         checkpoints=report("results/report/checkpoints.csv", category="Tables"),
+        metrics="results/report/metrics.json",
         figures=report(
             directory("results/report/figures"),
             patterns=["{name}.png"],
@@ -21,7 +22,7 @@ rule report:
     log:
         "logs/report.log",
     benchmark:
-        "results/benchmarks/report.tsv"
+        "logs/benchmarks/report.tsv"
     params:
         configs=folder_of("configs", up=2),
         runs=folder_of("runs", up=2),

@@ -1,0 +1,155 @@
+"""Synthetic inputs of `ladder report`: the files configure, train and evaluate would write, for
+three tiny experiments with hand-picked accuracies (so the tests know every expected number)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from ladder import config, io
+
+# a -> b -> c. b: dropout up, blur off, TTA on; c: translation, and log_every beyond an epoch
+# (20 images / batch 4 = 5 steps), so its steps.csv has no rows.
+PARAMS = {
+    "tta": {"passes": 0},
+    "experiments": {
+        "a": {
+            "description": "root <rung> & co",
+            "reference": {
+                "train": 70,
+                "val": 50,
+                "test": 45.5,
+                "test_picked": {"epoch": 2, "test": 49.06},
+            },
+            "model": {"name": "mynet", "blocks": 1, "width": 8, "dropout": 0.6},
+            "augment": {"hflip": 0.0, "blur": {"p": 0.3, "kernel": 3}},
+            "batch_size": 4,
+            "epochs": 3,
+            "log_every": 2,
+        },
+        "b": {
+            "base": "a",
+            "description": "dropout 0.7, no blur, TTA",
+            "reference": {"note": "a note from the seed"},
+            "model": {"dropout": 0.7},
+            "augment": {"blur": {"p": 0.0}},
+            "tta": {"passes": 2},
+        },
+        "c": {
+            "base": "b",
+            "description": "translation",
+            "augment": {"translate": {"p": 0.5, "max": 0.125}},
+            "log_every": 100,
+        },
+    },
+}
+
+# Fractions per epoch: a ties on val (epochs 2 and 3), b and c have TTA.
+RESULTS = {
+    "a": {"train": [0.3, 0.6, 0.7], "val": [0.2, 0.5, 0.5], "test": [0.1, 0.4, 0.6], "tta": None},
+    "b": {
+        "train": [0.4, 0.7, 0.8],
+        "val": [0.4, 0.7, 0.6],
+        "test": [0.5, 0.55, 0.5],
+        "tta": [0.52, 0.58, 0.62],
+    },
+    "c": {
+        "train": [0.4, 0.6, 0.9],
+        "val": [0.3, 0.65, 0.66],
+        "test": [0.4, 0.5, 0.56],
+        "tta": [0.45, 0.57, 0.6],
+    },
+}
+
+CLASSES = ["goldfish, Carassius auratus", "bullfrog", "tabby cat", "school bus"]
+IMAGES, IMAGE_SIZE = 20, 16
+
+
+def write_inputs(root: Path, names: list[str] | None = None) -> dict[str, Path]:
+    """Write every input of build_report under `root`; return its path arguments."""
+    params = config.Params.from_dict(PARAMS)
+    paths = {
+        "selection": root / "configs" / "selection.json",
+        "configs": root / "configs" / "experiments",
+        "runs": root / "runs",
+        "data": root / "data",
+    }
+    io.write_json(paths["selection"], {"experiments": names or list(params.experiments)})
+    for name, exp in params.experiments.items():
+        for part, content in (("train", exp.train), ("evaluate", exp.evaluate)):
+            io.write_json(paths["configs"] / name / f"{part}.json", content)
+        io.write_json(paths["configs"] / name / "report.json", {"name": name, **exp.meta})
+        _write_run(paths["runs"] / name, name, exp, RESULTS[name])
+    _write_data(paths["data"])
+    return paths
+
+
+def _write_run(run: Path, name: str, exp: config.Experiment, results: dict) -> None:
+    epochs = exp.train["epochs"]
+    io.write_json(
+        run / "config.json",
+        {
+            "experiment": name,
+            "settings": exp.train,
+            "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
+            "num_classes": len(CLASSES),
+            "image_size": IMAGE_SIZE,
+            "checkpoint_epochs": exp.checkpoint_epochs,
+            "device": "cpu",
+            "precision": "fp32",
+            "code_version": "0.1.0+test",
+        },
+    )
+    history = ["epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds,images_per_second"]
+    for e in range(1, epochs + 1):
+        train, val = results["train"][e - 1], results["val"][e - 1]
+        history.append(f"{e},{0.01 / e},{2 - train},{train},{2 - val},{val},0.5,40.0")
+    io.write_text(run / "history.csv", "\n".join(history) + "\n")
+
+    steps_per_epoch, every = IMAGES // exp.train["batch_size"], exp.train["log_every"]
+    steps = ["step,epoch,lr,loss,acc"]
+    for step in range(every, steps_per_epoch * epochs + 1, every):
+        epoch = (step - 1) // steps_per_epoch + 1
+        steps.append(f"{step},{epoch},0.01,1.5,{results['train'][epoch - 1] - 0.05}")
+    io.write_text(run / "steps.csv", "\n".join(steps) + "\n")
+
+    for e in exp.checkpoint_epochs:
+        io.write_json(run / "eval" / f"epoch_{e:03d}.json", _evaluation(name, e, exp, results))
+
+
+def _evaluation(name: str, epoch: int, exp: config.Experiment, results: dict) -> dict:
+    test = results["test"][epoch - 1]
+    tta = results["tta"][epoch - 1] if results["tta"] else None
+    return {
+        "experiment": name,
+        "epoch": epoch,
+        "checkpoint": f"runs/{name}/checkpoints/epoch_{epoch:03d}.pt",
+        "val": {"loss": 1.0, "acc": results["val"][epoch - 1]},
+        "test": {"loss": 1.1, "acc": test},
+        "tta": None if tta is None else {**exp.evaluate, "vote_acc": tta, "mean_acc": tta - 0.01},
+        "per_class": [
+            {
+                "index": i,
+                "id": f"n{i:08d}",
+                "name": label,
+                "count": 5,
+                "test_acc": test * (i + 1) / len(CLASSES),
+                "tta_acc": None if tta is None else tta * (i + 1) / len(CLASSES),
+            }
+            for i, label in enumerate(CLASSES)
+        ],
+        "images": {"val": 20, "test": 20},
+    }
+
+
+def _write_data(data: Path) -> None:
+    data.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    np.save(
+        data / "train_x.npy",
+        rng.integers(0, 256, (IMAGES, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),
+    )
+    io.write_json(
+        data / "classes.json",
+        [{"index": i, "id": f"n{i:08d}", "name": label} for i, label in enumerate(CLASSES)],
+    )

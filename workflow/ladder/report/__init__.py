@@ -1,0 +1,35 @@
+"""`ladder report`: one page, two tables and a set of figures from every selected experiment.
+
+Reads only the files the stages before it wrote (settings, run files, evaluations, the train
+images for the augmentation figure) and builds the whole report in a temporary folder that
+replaces `out` only when complete: a failure leaves the previous report as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ladder import io
+from ladder.report import figures, html, tables
+
+log = logging.getLogger(__name__)
+
+
+def build_report(
+    selection: str | Path, configs: str | Path, runs: str | Path, data: str | Path, out: str | Path
+) -> Path:
+    """Write out/{index.html, report.md, ladder.csv, checkpoints.csv, metrics.json, figures/}."""
+    names = tables.read_selection(selection)
+    loaded = tables.read_runs(names, configs, runs)
+    images, classes = tables.read_images(data), tables.read_classes(data)
+    ladder = tables.ladder_table(loaded)
+    checkpoints = tables.checkpoints_table(loaded)
+    with io.atomic_dir(out) as tmp:
+        captions = figures.write_figures(loaded, ladder, images, classes, tmp / "figures")
+        tables.write_csv(ladder, tmp / "ladder.csv")
+        tables.write_csv(checkpoints, tmp / "checkpoints.csv")
+        io.write_json(tmp / "metrics.json", tables.metrics(ladder))
+        html.write(tmp, loaded, ladder, checkpoints, captions)
+    log.info("report of %d experiments in %s", len(names), out)
+    return Path(out)

@@ -1,0 +1,315 @@
+"""The report's figures: seaborn on matplotlib's Agg backend, one PNG per figure.
+
+The set of files is fixed (the names in `write_figures`), whatever the data: Snakemake and DVC
+declare them. Facets wrap at COLUMNS per row and legends of many lines sit outside the axes, so
+1 and 26 experiments both read well.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from ladder.augment import Augment
+from ladder.report.tables import Runs, best_experiment, picked_on_val, reported_test
+
+COLUMNS = 4  # facets per row
+DPI = 100
+AUGMENT_SAMPLES = 8  # training images per row of augmentations.png
+AUGMENT_SEED = 0  # every row draws the same random numbers: rows differ only by their settings
+AUGMENT_TILE = 96  # target tile size in pixels (images are scaled by a whole factor)
+GAP = 2  # pixels between the tiles of augmentations.png
+WORST_CLASSES = 20
+
+TRAIN_COLOR, VAL_COLOR, TEST_COLOR, TTA_COLOR = sns.color_palette("deep", 4)
+THEME = {
+    **sns.axes_style("whitegrid"),
+    **sns.plotting_context("notebook", font_scale=0.8),
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "legend.frameon": False,
+}
+
+
+def write_figures(
+    runs: Runs, ladder: pd.DataFrame, images: np.ndarray, classes: dict[int, str], out: Path
+) -> dict[str, str]:
+    """Write out/<name>.png for every figure; return name -> caption, in reading order."""
+    matplotlib.use("Agg")
+    out.mkdir(parents=True, exist_ok=True)
+    draw: dict[str, Callable[[], tuple[plt.Figure, str]]] = {
+        "ladder": lambda: ladder_chart(ladder),
+        "accuracy_vs_step": lambda: accuracy_vs_step(runs, len(images)),
+        "test_per_checkpoint": lambda: checkpoint_accuracy(runs),
+        "gap": lambda: gap(runs),
+        "lr": lambda: learning_rate(runs),
+        "worst_classes": lambda: worst_classes(runs, ladder, classes),
+        "augmentations": lambda: augmentations(runs, images),
+    }
+    captions = {}
+    with plt.rc_context(THEME):
+        for name, make in draw.items():
+            fig, captions[name] = make()
+            fig.savefig(out / f"{name}.png", bbox_inches="tight", metadata={"Software": None})
+            plt.close(fig)
+    return captions
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _palette(names: list[str]) -> dict[str, tuple]:
+    colors = sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))
+    return dict(zip(names, colors, strict=True))
+
+
+def _facets(data: pd.DataFrame, names: list[str]) -> sns.FacetGrid:
+    """One panel per experiment, in ladder order, COLUMNS per row."""
+    height = 3.0 if len(names) <= 2 else 2.4
+    return sns.FacetGrid(
+        data,
+        col="experiment",
+        col_order=names,
+        col_wrap=min(len(names), COLUMNS),
+        height=height,
+        aspect=1.45,
+        sharex=False,
+        sharey=True,
+    )
+
+
+def _grid_legend(grid: sns.FacetGrid, styles: dict[str, dict]) -> None:
+    """One legend above the grid: every panel draws the same series."""
+    handles = [Line2D([], [], label=label, **style) for label, style in styles.items()]
+    grid.figure.legend(
+        handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles)
+    )
+
+
+def _lines(runs: Runs, y: str, data: pd.DataFrame) -> tuple[plt.Figure, plt.Axes]:
+    """One line per experiment against the epoch, the legend at the right."""
+    n = len(runs.names)
+    fig, ax = plt.subplots(figsize=(7.5 + (1.6 if n > 14 else 0), 3.8))
+    few = data["epoch"].max() <= 40  # markers on longer runs only blur the lines
+    sns.lineplot(
+        data,
+        x="epoch",
+        y=y,
+        hue="experiment",
+        hue_order=runs.names,
+        palette=_palette(runs.names),
+        marker="o" if few else None,
+        markersize=4,
+        ax=ax,
+    )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    sns.move_legend(
+        ax, "upper left", bbox_to_anchor=(1.01, 1), ncol=1 if n <= 14 else 2, title=None
+    )
+    return fig, ax
+
+
+# ----------------------------------------------------------------------------------------------
+# The figures
+
+
+def ladder_chart(ladder: pd.DataFrame) -> tuple[plt.Figure, str]:
+    n = len(ladder)
+    series = {
+        "ours: test (val-picked)": (reported_test(ladder), TEST_COLOR, "-", "o"),
+        "ours: val": (ladder["val_acc"], VAL_COLOR, "-", "s"),
+        "seed: test": (ladder["ref_test"], TEST_COLOR, "--", "D"),
+        "seed: val": (ladder["ref_val"], VAL_COLOR, "--", "^"),
+    }
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.42 * n + 3.5), 4.2))
+    x = np.arange(1, n + 1)
+    for label, (values, color, style, marker) in series.items():
+        values = values.to_numpy(dtype=float)
+        if np.isnan(values).all():
+            continue
+        hollow = style == "--"
+        ax.plot(
+            x,
+            values,
+            linestyle=style,
+            marker=marker,
+            color=color,
+            label=label,
+            markersize=6,
+            markerfacecolor="white" if hollow else color,
+            alpha=0.9 if hollow else 1.0,
+        )
+    ax.set_xticks(x, [f"{i}. {name}" for i, name in zip(x, ladder["experiment"], strict=True)])
+    plt.setp(ax.get_xticklabels(), rotation=40 if n > 3 else 0, ha="right" if n > 3 else "center")
+    top = np.nanmax([v.to_numpy(dtype=float) for v, *_ in series.values()])
+    ax.set(xlabel=None, ylabel="accuracy (%)", xlim=(0.5, n + 0.5), ylim=(0, min(100, top + 5)))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
+    caption = (
+        "The ladder: our test accuracy at each rung's val-picked checkpoint (TTA vote where the "
+        "rung uses TTA) and val accuracy, beside the numbers the seed reported (hollow markers)."
+    )
+    return fig, caption
+
+
+def accuracy_vs_step(runs: Runs, train_images: int) -> tuple[plt.Figure, str]:
+    # Training drops the last partial batch: an epoch is train_images // batch_size steps.
+    steps_per_epoch = {n: train_images // runs.settings[n]["batch_size"] for n in runs.names}
+    history = runs.history
+    val = history.assign(step=history["epoch"] * history["experiment"].map(steps_per_epoch))
+    train_label, val_label = "train (per logged window)", "val (end of epoch)"
+    styles = {
+        train_label: {"color": TRAIN_COLOR, "lw": 1.0},
+        val_label: {"color": VAL_COLOR, "lw": 1.2, "marker": "o", "ms": 3},
+    }
+    data = pd.concat(
+        [runs.steps.assign(series=train_label), val.assign(acc=val["val_acc"], series=val_label)],
+        ignore_index=True,
+    )[["experiment", "step", "acc", "series"]]
+
+    def panel(data: pd.DataFrame, **_) -> None:
+        for label, style in styles.items():
+            part = data[data["series"] == label]
+            plt.gca().plot(part["step"], part["acc"], **style)
+
+    grid = _facets(data, runs.names)
+    grid.map_dataframe(panel)
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels("optimiser step", "accuracy (%)")
+    _grid_legend(grid, styles)
+    caption = (
+        "Accuracy against the optimiser step: train accuracy over each logged window of batches "
+        "(augmented, as trained) and val accuracy at the end of every epoch."
+    )
+    return grid.figure, caption
+
+
+def checkpoint_accuracy(runs: Runs) -> tuple[plt.Figure, str]:
+    styles = {
+        "test": {"color": TEST_COLOR, "marker": "o", "ms": 4, "lw": 1.4},
+        "test, TTA vote": {"color": TTA_COLOR, "marker": "s", "ms": 4, "lw": 1.4},
+        "val": {"color": VAL_COLOR, "lw": 1.0, "ls": "--"},
+    }
+    columns = {"test": "test_acc", "test, TTA vote": "test_acc_tta", "val": "val_acc"}
+    best = picked_on_val(runs)["epoch"]
+
+    def panel(data: pd.DataFrame, **_) -> None:
+        ax = plt.gca()
+        dense = len(data) > 25  # markers would merge into a band
+        for label, style in styles.items():
+            ax.plot(data["epoch"], data[columns[label]], **(style | ({"ms": 1.5} if dense else {})))
+        ax.axvline(best[data["experiment"].iloc[0]], color="0.45", lw=1, ls=":")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+    grid = _facets(runs.checkpoints, runs.names)
+    grid.map_dataframe(panel)
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels("epoch (checkpoint)", "accuracy (%)")
+    _grid_legend(grid, styles)
+    caption = (
+        "Test accuracy of every checkpoint, without and with test-time augmentation (majority "
+        "vote), and val accuracy; the dotted line marks the checkpoint picked by val accuracy."
+    )
+    return grid.figure, caption
+
+
+def gap(runs: Runs) -> tuple[plt.Figure, str]:
+    data = runs.history.assign(gap=runs.history["train_acc"] - runs.history["val_acc"])
+    fig, ax = _lines(runs, "gap", data)
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set(ylabel="train − val accuracy (percentage points)")
+    caption = (
+        "Generalisation gap: train minus val accuracy per epoch (train accuracy is measured on "
+        "augmented batches, so strong augmentation can push it below zero)."
+    )
+    return fig, caption
+
+
+def learning_rate(runs: Runs) -> tuple[plt.Figure, str]:
+    lr = runs.history["lr"]
+    fig, ax = _lines(runs, "lr", runs.history)
+    if (lr > 0).all() and lr.max() >= 10 * lr.min():  # rates a decade apart: a log scale
+        ax.set_yscale("log")
+    ax.set(ylabel="learning rate")
+    return fig, "Learning rate at the start of each epoch."
+
+
+def worst_classes(
+    runs: Runs, ladder: pd.DataFrame, classes: dict[int, str]
+) -> tuple[plt.Figure, str]:
+    best = best_experiment(ladder)
+    name, epoch = best["experiment"], best["best_epoch"]
+    rows = runs.per_class[
+        (runs.per_class["experiment"] == name) & (runs.per_class["epoch"] == epoch)
+    ]
+    tta = not math.isnan(best["test_acc_tta"])
+    metric = "tta_acc" if tta else "test_acc"
+    worst = rows.dropna(subset=[metric]).sort_values([metric, "index"]).head(WORST_CLASSES)
+    labels = [
+        f"{classes.get(i, i)} (n={n})" for i, n in zip(worst["index"], worst["count"], strict=True)
+    ]
+
+    fig, ax = plt.subplots(figsize=(7, 0.26 * len(worst) + 1.3))
+    y = np.arange(len(worst))
+    bars = ax.barh(y, worst[metric], color=TTA_COLOR if tta else TEST_COLOR, height=0.7)
+    ax.bar_label(bars, fmt="%.1f", padding=3, fontsize="small")
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    overall = reported_test(ladder)[best.name]
+    ax.axvline(overall, color="0.3", lw=1, ls="--", label=f"all classes: {overall:.1f} %")
+    ax.set(xlabel=f"test accuracy (%){', TTA vote' if tta else ''}", xlim=(0, 100))
+    ax.grid(axis="y", visible=False)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    caption = (
+        f"The {len(worst)} classes with the lowest test accuracy for {name} (the best experiment) "
+        f"at epoch {epoch}, its val-picked checkpoint; n: test images of the class."
+    )
+    return fig, caption
+
+
+def augmentations(runs: Runs, images: np.ndarray) -> tuple[plt.Figure, str]:
+    picks = np.linspace(0, len(images) - 1, min(AUGMENT_SAMPLES, len(images))).round().astype(int)
+    batch = torch.from_numpy(np.ascontiguousarray(images[np.unique(picks)])).permute(0, 3, 1, 2)
+    rows, labels = [batch.float() / 255], ["original"]
+    for name in runs.names:
+        augment = Augment(runs.settings[name]["augment"])
+        rows.append(augment(batch, torch.Generator().manual_seed(AUGMENT_SEED)))
+        labels.append(name + (" (none)" if augment.is_identity else ""))
+    mosaic = _mosaic(torch.stack(rows).permute(0, 1, 3, 4, 2).numpy())
+
+    scale = max(1, round(AUGMENT_TILE / batch.shape[-1]))
+    height, width = (s * scale / DPI for s in mosaic.shape[:2])
+    fig = plt.figure(figsize=(width + 2.2, height))
+    ax = fig.add_axes((2.2 / (width + 2.2), 0, width / (width + 2.2), 1))
+    ax.imshow(mosaic, interpolation="nearest")
+    tile = batch.shape[-2] + GAP
+    ax.set_yticks([tile * i + batch.shape[-2] / 2 for i in range(len(labels))], labels)
+    ax.set_xticks([])
+    ax.grid(visible=False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    caption = (
+        "The same training images through each experiment's own training augmentation, all rows "
+        f"with the same random seed ({AUGMENT_SEED}): what each setting does to the pictures."
+    )
+    return fig, caption
+
+
+def _mosaic(tiles: np.ndarray) -> np.ndarray:
+    """(rows, cols, H, W, C) floats in [0, 1] -> one white-separated image."""
+    rows, cols, h, w, c = tiles.shape
+    out = np.ones((rows * (h + GAP) - GAP, cols * (w + GAP) - GAP, c), dtype=np.float32)
+    for r in range(rows):
+        for k in range(cols):
+            out[r * (h + GAP) : r * (h + GAP) + h, k * (w + GAP) : k * (w + GAP) + w] = tiles[r, k]
+    return out.clip(0, 1)

@@ -1,0 +1,476 @@
+"""The report's tables: run files read into DataFrames, the ladder and checkpoints tables, and
+what each rung changes versus its parent.
+
+Accuracies become % as they are read, so every table, figure and page shows the same unit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ladder import config, io
+
+# The columns the report reads; training writes more.
+HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+STEPS_COLUMNS = ["step", "epoch", "lr", "loss", "acc"]
+REFERENCE_KEYS = ("train", "val", "test", "test_plain")
+
+LADDER_COLUMNS = [
+    "rung", "experiment", "parent", "changes", "epochs", "best_epoch",
+    "train_acc", "val_acc", "test_acc", "test_acc_tta", "test_acc_tta_mean",
+    "delta_test_vs_parent",
+    "ref_train", "ref_val", "ref_test", "ref_test_plain",
+    "ref_test_picked_epoch", "ref_test_picked_test",
+    "test_picked_epoch", "test_picked_test",
+    "description",
+]  # fmt: skip
+CHECKPOINT_COLUMNS = [
+    "experiment", "epoch", "train_acc", "val_acc", "test_acc", "test_acc_tta", "test_acc_tta_mean",
+    "tta_passes", "train_loss", "val_loss", "test_loss", "val_picked", "test_picked",
+]  # fmt: skip
+
+ROOT = "—"  # `changes` of an experiment without a parent
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the stages' files
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A file whose structure surprises us fails with an error that names it."""
+    try:
+        yield
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
+        if str(e).startswith(str(path)):  # says what is wrong already
+            raise
+        raise ValueError(f"{path}: malformed ({type(e).__name__}: {e})") from None
+
+
+def _pct(value) -> float:
+    """A fraction in [0, 1] (or null) as a percentage (or NaN)."""
+    return math.nan if value is None else 100.0 * float(value)
+
+
+def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable CSV file ({e})") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {', '.join(missing)}")
+    with _reading(path):
+        return frame[columns].astype(float).astype({"epoch": int})
+
+
+def read_selection(path: str | Path) -> list[str]:
+    path = Path(path)
+    names = io.read_json(path)
+    with _reading(path):
+        names = names["experiments"]
+        if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"{path}: `experiments` must list one or more distinct names")
+    return list(names)
+
+
+def read_classes(data: str | Path) -> dict[int, str]:
+    """Class index -> display name (the first of Tiny ImageNet's comma-separated synonyms)."""
+    path = Path(data) / "classes.json"
+    classes = io.read_json(path)
+    with _reading(path):
+        return {int(c["index"]): str(c["name"]).split(",")[0].strip() for c in classes}
+
+
+def read_images(data: str | Path) -> np.ndarray:
+    """The train split's images (uint8 NHWC), memory-mapped: the report reads a handful."""
+    path = Path(data) / "train_x.npy"
+    try:
+        x = np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path}: not a readable .npy file ({e})") from None
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or not len(x):
+        raise ValueError(f"{path}: expected uint8 images N×H×W×3, got {x.dtype} {x.shape}")
+    return x
+
+
+def _reference(meta: dict) -> dict:
+    """report.json's reference numbers as flat ref_* values (None where not reported)."""
+    ref = meta["reference"]
+    picked = ref.get("test_picked") or {}
+    return {
+        **{f"ref_{k}": ref.get(k) for k in REFERENCE_KEYS},
+        "ref_test_picked_epoch": picked.get("epoch"),
+        "ref_test_picked_test": picked.get("test"),
+        "note": ref.get("note") or "",
+    }
+
+
+def _read_eval(path: Path, name: str, epoch: int) -> tuple[dict, list[dict]]:
+    """One checkpoint's evaluation: its row of the checkpoints table, and its per-class rows."""
+    result = io.read_json(path)
+    with _reading(path):
+        if result["epoch"] != epoch:
+            raise ValueError(f"{path}: holds epoch {result['epoch']}, expected {epoch}")
+        tta = result["tta"] or {}
+        row = {
+            "experiment": name,
+            "epoch": epoch,
+            "val_acc": _pct(result["val"]["acc"]),
+            "val_loss": float(result["val"]["loss"]),
+            "test_acc": _pct(result["test"]["acc"]),
+            "test_loss": float(result["test"]["loss"]),
+            "test_acc_tta": _pct(tta.get("vote_acc")),
+            "test_acc_tta_mean": _pct(tta.get("mean_acc")),
+            "tta_passes": int(tta.get("passes", 0)),
+            "val_images": int(result["images"]["val"]),
+            "test_images": int(result["images"]["test"]),
+        }
+        per_class = [
+            {
+                "experiment": name,
+                "epoch": epoch,
+                "index": int(c["index"]),
+                "count": int(c["count"]),
+                "test_acc": _pct(c["test_acc"]),
+                "tta_acc": _pct(c["tta_acc"]),
+            }
+            for c in result["per_class"]
+        ]
+    return row, per_class
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Everything the report shows about the selected experiments, in ladder order."""
+
+    names: list[str]
+    settings: dict[str, dict]  # train.json with evaluate.json under "tta": what `changes` compares
+    meta: dict[str, dict]  # report.json: base, description, and the flat ref_* numbers
+    run: dict[str, dict]  # config.json, written by training
+    history: pd.DataFrame  # history.csv rows of every run, plus `experiment`
+    steps: pd.DataFrame  # steps.csv rows of every run, plus `experiment`
+    checkpoints: pd.DataFrame  # one row per evaluated checkpoint (eval/epoch_NNN.json)
+    per_class: pd.DataFrame  # one row per (experiment, checkpoint, class)
+
+
+def read_runs(names: list[str], configs: str | Path, runs: str | Path) -> Runs:
+    parts = [_read_experiment(name, Path(configs) / name, Path(runs) / name) for name in names]
+    settings, meta, run, history, steps, checkpoints, per_class = zip(*parts, strict=True)
+    return Runs(
+        names=list(names),
+        settings=dict(zip(names, settings, strict=True)),
+        meta=dict(zip(names, meta, strict=True)),
+        run=dict(zip(names, run, strict=True)),
+        history=pd.concat(history, ignore_index=True),
+        steps=pd.concat(steps, ignore_index=True),
+        checkpoints=pd.DataFrame([row for rows in checkpoints for row in rows]),
+        per_class=pd.DataFrame([row for rows in per_class for row in rows]),
+    )
+
+
+def _read_experiment(name: str, configs: Path, run: Path) -> tuple:
+    train = io.read_json(configs / "train.json")
+    tta = io.read_json(configs / "evaluate.json")
+    report = io.read_json(configs / "report.json")
+    with _reading(configs / "report.json"):
+        meta = {
+            "base": report["base"] or "",
+            "description": report["description"],
+            **_reference(report),
+        }
+    run_config = io.read_json(run / "config.json")
+    with _reading(run / "config.json"):
+        if run_config["settings"] != train:
+            raise ValueError(
+                f"{run / 'config.json'}: trained with other settings than {configs / 'train.json'}"
+            )
+        epochs = sorted(int(e) for e in run_config["checkpoint_epochs"])
+        if not epochs:
+            raise ValueError(f"{run / 'config.json'}: no checkpoint_epochs")
+
+    history = _read_csv(run / "history.csv", HISTORY_COLUMNS)
+    missing = sorted(set(epochs) - set(history["epoch"]))
+    if missing:
+        raise ValueError(f"{run / 'history.csv'}: no row for checkpoint epoch(s) {missing}")
+    history[["train_acc", "val_acc"]] *= 100
+    history.insert(0, "experiment", name)
+    steps = _read_csv(run / "steps.csv", STEPS_COLUMNS)
+    steps["acc"] *= 100
+    steps.insert(0, "experiment", name)
+
+    evals = [_read_eval(run / "eval" / f"epoch_{e:03d}.json", name, e) for e in epochs]
+    rows, per_class = [row for row, _ in evals], [c for _, classes in evals for c in classes]
+    return {**train, "tta": tta}, meta, run_config, history, steps, rows, per_class
+
+
+# ----------------------------------------------------------------------------------------------
+# The ladder and checkpoints tables
+
+
+def reported_test(rows: pd.DataFrame) -> pd.Series:
+    """The headline test accuracy: the TTA vote where an experiment has TTA, else plain."""
+    return rows["test_acc_tta"].fillna(rows["test_acc"])
+
+
+def _picked(checkpoints: pd.DataFrame, score: pd.Series) -> pd.DataFrame:
+    """Each experiment's checkpoint with the highest `score`; ties go to the earliest epoch."""
+    ranked = checkpoints.assign(_score=score).sort_values(
+        ["_score", "epoch"], ascending=[False, True]
+    )
+    return ranked.drop_duplicates("experiment").drop(columns="_score").set_index("experiment")
+
+
+def picked_on_val(runs: Runs) -> pd.DataFrame:
+    """The checkpoint each experiment reports: its best on val (ties: earliest), by experiment."""
+    return _picked(runs.checkpoints, runs.checkpoints["val_acc"])
+
+
+def picked_on_test(runs: Runs) -> pd.DataFrame:
+    """The checkpoint with the best test accuracy: selected on the test set, only for comparison
+    with numbers picked that way (the seed's rung 26)."""
+    return _picked(runs.checkpoints, reported_test(runs.checkpoints))
+
+
+def _delta(child: pd.Series, parent: pd.Series) -> float:
+    """Test accuracy change versus the parent: TTA vote when both have it, else plain."""
+    if not (math.isnan(child["test_acc_tta"]) or math.isnan(parent["test_acc_tta"])):
+        return child["test_acc_tta"] - parent["test_acc_tta"]
+    return child["test_acc"] - parent["test_acc"]
+
+
+def ladder_table(runs: Runs) -> pd.DataFrame:
+    """One row per experiment, in ladder order; accuracies in % at the val-picked checkpoint."""
+    best, by_test = picked_on_val(runs), picked_on_test(runs)
+    history = runs.history.set_index(["experiment", "epoch"])
+    rows = []
+    for rung, name in enumerate(runs.names, 1):
+        meta, pick = runs.meta[name], best.loc[name]
+        parent = meta["base"]
+        in_report = parent in runs.settings
+        rows.append(
+            {
+                "rung": rung,
+                "experiment": name,
+                "parent": parent,
+                "changes": _changes_text(runs, name),
+                "epochs": runs.settings[name]["epochs"],
+                "best_epoch": pick["epoch"],
+                "train_acc": history.loc[(name, pick["epoch"]), "train_acc"],
+                **pick[["val_acc", "test_acc", "test_acc_tta", "test_acc_tta_mean"]].to_dict(),
+                "delta_test_vs_parent": _delta(pick, best.loc[parent]) if in_report else math.nan,
+                **{k: meta[k] for k in LADDER_COLUMNS if k.startswith("ref_")},
+                "test_picked_epoch": by_test.loc[name, "epoch"],
+                "test_picked_test": reported_test(by_test.loc[[name]]).iloc[0],
+                "description": meta["description"],
+            }
+        )
+    ints = ["rung", "epochs", "best_epoch", "ref_test_picked_epoch", "test_picked_epoch"]
+    refs = [c for c in LADDER_COLUMNS if c.startswith("ref_") and c not in ints]  # None -> NaN
+    table = pd.DataFrame(rows, columns=LADDER_COLUMNS)
+    return table.astype({c: "Int64" for c in ints} | {c: float for c in refs})
+
+
+def _changes_text(runs: Runs, name: str) -> str:
+    parent = runs.meta[name]["base"]
+    if not parent:
+        return ROOT
+    if parent not in runs.settings:
+        return f"(parent {parent} is not in this report)"
+    return changes(runs.settings[parent], runs.settings[name])
+
+
+def checkpoints_table(runs: Runs) -> pd.DataFrame:
+    """One row per (experiment, checkpoint) in ladder order, with the history's train numbers at
+    that epoch (the running mean over the epoch's augmented batches)."""
+    train = runs.history[["experiment", "epoch", "train_acc", "train_loss"]]
+    table = runs.checkpoints.merge(train, on=["experiment", "epoch"], how="left", validate="1:1")
+    keys = list(zip(table["experiment"], table["epoch"], strict=True))
+    for column, picked in (
+        ("val_picked", picked_on_val(runs)),
+        ("test_picked", picked_on_test(runs)),
+    ):
+        chosen = set(zip(picked.index, picked["epoch"], strict=True))
+        table[column] = [key in chosen for key in keys]
+    return table[CHECKPOINT_COLUMNS]
+
+
+def best_experiment(ladder: pd.DataFrame) -> pd.Series:
+    """The ladder row with the highest val-picked test score (ties: the earlier rung)."""
+    return ladder.loc[reported_test(ladder).idxmax()]
+
+
+def seed_best(ladder: pd.DataFrame) -> dict | None:
+    """The best test number the seed reported for these experiments, or None without any."""
+    candidates = [
+        (row[column], row["experiment"], column == "ref_test_picked_test")
+        for _, row in ladder.iterrows()
+        for column in ("ref_test", "ref_test_picked_test")
+        if not pd.isna(row[column])
+    ]
+    if not candidates:
+        return None
+    value, experiment, on_test = max(candidates, key=lambda c: c[0])
+    return {"test": value, "experiment": experiment, "picked_on_test": on_test}
+
+
+def metrics(ladder: pd.DataFrame) -> dict:
+    """metrics.json for `dvc metrics show/diff`: numbers only (%, 2 decimals), no NaN."""
+
+    def numbers(row: pd.Series, columns: tuple[str, ...]) -> dict:
+        return {c: round(float(row[c]), 2) for c in columns if not pd.isna(row[c])}
+
+    columns = ("train_acc", "val_acc", "test_acc", "test_acc_tta", "delta_test_vs_parent")
+    best = best_experiment(ladder)
+    return {
+        "best": {
+            "rung": int(best["rung"]),
+            "epoch": int(best["best_epoch"]),
+            "test": round(float(reported_test(ladder)[best.name]), 2),
+            **numbers(best, ("val_acc",)),
+        },
+        "experiments": {
+            row["experiment"]: {"best_epoch": int(row["best_epoch"]), **numbers(row, columns)}
+            for _, row in ladder.iterrows()
+        },
+    }
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    """Accuracies (and deltas) to 2 decimals, losses to 4; missing values as empty cells."""
+    decimals = {c: 4 if c.endswith("_loss") else 2 for c in table.select_dtypes(float).columns}
+    table.round(decimals).to_csv(path, index=False, lineterminator="\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Changes versus the parent
+
+_MISSING = object()
+# Their keys read well without the section (lr, t_max) and are unambiguous in today's schema;
+# `_labels` keeps the prefix should that ever change.
+_SHORT_SECTIONS = ("optimizer", "schedule")
+
+
+def changes(parent: dict | None, child: dict) -> str:
+    """What `child` changes versus `parent`, e.g. `model.dropout 0.6→0.7; -blur`.
+
+    Both are resolved settings: train.json with evaluate.json under "tta". Keys come in the
+    schema's order (training settings, then tta): a section's new `name` first
+    (`model resnet18→efficientnet_v2_s`), changed leaves as `key old→new`, added or removed
+    ones as `+key=value` / `-key`. Augmentations by op: `+blur(p=0.3, kernel=3, ...)` when
+    switched on, `-blur` when off, else `translate.p 0.6→0.8`. Optimizer and schedule keys drop
+    their section (`lr`, `t_max`). None as parent: the root, "—".
+    """
+    if parent is None:
+        return ROOT
+    old, new = dict(config.iter_keys(parent)), dict(config.iter_keys(child))
+    keys = sorted(old.keys() | new.keys(), key=_rank)
+    labels = _labels(keys)
+    items, ops_done = [], set()
+    for key in keys:
+        section, _, rest = key.partition(".")
+        if section == "augment" and rest:
+            op = rest.split(".")[0]
+            if op not in ops_done:
+                ops_done.add(op)
+                ops = (parent.get("augment", {}).get(op), child.get("augment", {}).get(op))
+                items += _op_changes(op, *ops)
+            continue
+        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+        if a is not _MISSING and b is not _MISSING and a == b:
+            continue
+        if rest == "name" and _MISSING not in (a, b):
+            items.append(f"{section} {_fmt(a)}→{_fmt(b)}")
+        else:
+            items.append(_leaf(labels[key], a, b))
+    return "; ".join(items) or "no change"
+
+
+def _leaf(label: str, a, b) -> str:
+    if a is _MISSING:
+        return f"+{label}={_fmt(b)}"
+    if b is _MISSING:
+        return f"-{label}"
+    return f"{label} {_fmt(a)}→{_fmt(b)}"
+
+
+def _op_changes(op: str, a, b) -> list[str]:
+    """One augmentation's change; `hflip` is a bare probability, the other ops are dicts."""
+    scalar = not isinstance(a if a is not None else b, dict)
+    a, b = ({"p": v or 0.0} if scalar else v or {} for v in (a, b))
+    if not a.get("p") and b.get("p"):
+        params = sorted(b, key=lambda k: _rank(f"augment.{op}.{k}"))
+        return [f"+{op}({', '.join(f'{k}={_fmt(b[k])}' for k in params)})"]
+    if a.get("p") and not b.get("p"):
+        return [f"-{op}"]
+    keys = sorted(a.keys() | b.keys(), key=lambda k: _rank(f"augment.{op}.{k}"))
+    return [
+        _leaf(op if scalar else f"{op}.{k}", a.get(k, _MISSING), b.get(k, _MISSING))
+        for k in keys
+        if a.get(k, _MISSING) != b.get(k, _MISSING)
+    ]
+
+
+def _labels(keys: list[str]) -> dict[str, str]:
+    """Dotted key -> the name `changes` shows: optimizer/schedule keys without their section,
+    unless that name would then stand for two keys."""
+    short = {}
+    for key in keys:
+        section, _, rest = key.partition(".")
+        short[key] = rest if section in _SHORT_SECTIONS and rest else key
+    counts = Counter(short.values())
+    return {key: name if counts[name] == 1 else key for key, name in short.items()}
+
+
+def _fmt(value) -> str:
+    """Compact: 0.0001, 1e-05, 10 (not 10.0), true, [30, 45]."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_fmt, value)) + "]"
+    if value is None:
+        return "null"
+    return str(value)
+
+
+@cache
+def _properties(path: tuple[str, ...]) -> tuple[str, ...]:
+    """Property names of the schema node at `path` below an experiment, in the schema's order.
+    At the top, the evaluation keys (tta) go last: they are not training settings."""
+    defs = config.schema()["$defs"]
+    node = defs["experiment"]
+    for part in path:
+        node = node.get("properties", {}).get(part, {})
+        if "$ref" in node:
+            node = {**defs[node["$ref"].rsplit("/", 1)[1]], **node}
+    names = list(node.get("properties", {}))
+    for option in node.get("oneOf", []):
+        names += [n for n in option.get("properties", {}) if n not in names]
+    if not path:
+        names = [n for n in names if n not in config.EVAL_KEYS] + list(config.EVAL_KEYS)
+    return tuple(names)
+
+
+def _rank(key: str) -> tuple:
+    """Sort key: each part's position in the schema, unknown parts after, alphabetically."""
+    parts = key.split(".")
+    rank = []
+    for depth, part in enumerate(parts):
+        known = _properties(tuple(parts[:depth]))
+        rank.append((known.index(part), "") if part in known else (len(known), part))
+    return tuple(rank)
