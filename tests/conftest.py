@@ -143,7 +143,7 @@ class Project:
     def __init__(self, root: Path, params: dict):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        for name in ("Snakefile", "dvc.yaml", ".dvcignore"):
+        for name in ("Snakefile", "dvc.yaml", ".dvcignore", ".gitignore"):
             if (REPO / name).exists():
                 shutil.copy2(REPO / name, root / name)
         for name in ("workflow", "profiles"):

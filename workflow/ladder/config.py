@@ -261,13 +261,14 @@ class Params:
         return {k: d[k] for k in keys}
 
     def settings_files(self) -> dict[str, dict]:
-        """Relative path under results/configs/ -> content, for every selected experiment."""
+        """Relative path under results/configs/ -> content. Every experiment has its files (DVC
+        has a stage per experiment); selection.json names the ones `run` selects."""
         files = {
             "download.json": self.download_settings(),
             "prepare.json": self.prepare_settings(),
             "selection.json": {"experiments": list(self.selected)},
         }
-        for name in self.selected:
+        for name in self.experiments:
             exp = self.experiments[name]
             files[f"experiments/{name}/train.json"] = exp.train
             files[f"experiments/{name}/evaluate.json"] = exp.evaluate

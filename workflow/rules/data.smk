@@ -14,7 +14,7 @@ rule configure:
     log:
         "logs/configure/{name}.log",
     benchmark:
-        "results/benchmarks/configure/{name}.tsv"
+        "logs/benchmarks/configure/{name}.tsv"
     params:
         settings=settings_json,
     shell:
@@ -30,7 +30,7 @@ rule download:
     log:
         "logs/download.log",
     benchmark:
-        "results/benchmarks/download.tsv"
+        "logs/benchmarks/download.tsv"
     shell:
         "ladder --log {log} download --settings {input.settings} --out {output}"
 
@@ -47,7 +47,7 @@ rule prepare:
     log:
         "logs/prepare.log",
     benchmark:
-        "results/benchmarks/prepare.tsv"
+        "logs/benchmarks/prepare.tsv"
     threads: workflow.cores
     params:
         out=folder_of(0, output=True),
@@ -65,6 +65,6 @@ rule stats:
     log:
         "logs/stats.log",
     benchmark:
-        "results/benchmarks/stats.tsv"
+        "logs/benchmarks/stats.tsv"
     shell:
         "ladder --log {log} stats --train-x {input.train_x} --out {output}"

@@ -16,7 +16,7 @@ rule evaluate:
     log:
         "logs/evaluate/{exp}/epoch_{epoch}.log",
     benchmark:
-        "results/benchmarks/evaluate/{exp}/epoch_{epoch}.tsv"
+        "logs/benchmarks/evaluate/{exp}/epoch_{epoch}.tsv"
     wildcard_constraints:
         epoch=r"\d{3}",
     threads: min(4, workflow.cores)

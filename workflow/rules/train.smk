@@ -16,7 +16,7 @@ rule train:
     log:
         "logs/train/{exp}.log",
     benchmark:
-        "results/benchmarks/train/{exp}.tsv"
+        "logs/benchmarks/train/{exp}.tsv"
     threads: min(8, workflow.cores)
     resources:
         gpu=GPUS_PER_JOB,

@@ -94,32 +94,30 @@ def _stratified(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int,
 
 
 def _decode_into(path: Path, paths: list[Path], size: int, workers: int) -> np.ndarray:
-    """Decode `paths` in parallel into a .npy memmap at `path`; return each image's digest."""
+    """Decode `paths` in parallel into a .npy memmap at `path`; return each image's digest.
+    Workers write their rows into the memmap themselves: only digests cross process lines."""
     array = np.lib.format.open_memmap(
         path, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)
     )
+    del array  # header and size are on disk; workers open it themselves
     digests = np.empty(len(paths), dtype="S16")
-    chunks = [(paths[i : i + CHUNK], size) for i in range(0, len(paths), CHUNK)]
+    tasks = [(path, i, paths[i : i + CHUNK], size) for i in range(0, len(paths), CHUNK)]
     # fork: workers inherit everything, and nothing here holds threads (torch is not imported).
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        start = 0
-        for images, hashes in pool.imap(_decode_chunk, chunks):
-            array[start : start + len(images)] = images
-            digests[start : start + len(images)] = hashes
-            start += len(images)
-    array.flush()
-    del array
+        for start, hashes in pool.imap_unordered(_decode_chunk, tasks):
+            digests[start : start + len(hashes)] = hashes
     return digests
 
 
-def _decode_chunk(task: tuple[list[Path], int]) -> tuple[np.ndarray, list[bytes]]:
-    paths, size = task
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+def _decode_chunk(task: tuple[Path, int, list[Path], int]) -> tuple[int, list[bytes]]:
+    path, start, paths, size = task
+    out = np.load(path, mmap_mode="r+")
     hashes = []
     for i, p in enumerate(paths):
-        out[i] = decode(p, size)
-        hashes.append(hashlib.blake2b(out[i].tobytes(), digest_size=16).digest())
-    return out, hashes
+        out[start + i] = image = decode(p, size)
+        hashes.append(hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+    out.flush()
+    return start, hashes
 
 
 def decode(path: Path, size: int) -> np.ndarray:
