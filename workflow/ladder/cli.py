@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from ladder import devices
+
 log = logging.getLogger("ladder")
 
 # Errors whose message says what is wrong (a file, key or value): shown without a traceback,
@@ -53,34 +55,35 @@ def _stats(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from ladder import io
-    from ladder.train import train
 
-    train(
-        name=args.experiment,
-        settings=io.read_json(args.settings),
-        data=args.data,
-        stats=args.stats,
-        out=args.out,
-        resume_root=args.resume_dir,
-        device=args.device,
-        compile_mode=args.compile,
-        threads=args.threads,
-        progress=not args.no_progress,
-    )
+    settings = io.read_json(args.settings)
+    with devices.job_device(args.device, args.jobs_per_gpu, args.lease_dir) as device:
+        from ladder.train import train  # after the lease: CUDA must see only the leased GPU
+
+        train(
+            name=args.experiment,
+            settings=settings,
+            data=args.data,
+            stats=args.stats,
+            out=args.out,
+            resume_root=args.resume_dir,
+            device=device,
+            compile_mode=args.compile,
+            threads=args.threads,
+            progress=not args.no_progress,
+        )
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from ladder import io
-    from ladder.evaluate import evaluate_run
 
-    evaluate_run(
-        args.run,
-        io.read_json(args.settings),
-        args.data,
-        epochs=args.epoch,
-        device=args.device,
-        threads=args.threads,
-    )
+    tta = io.read_json(args.settings)
+    with devices.job_device(args.device, args.jobs_per_gpu, args.lease_dir) as device:
+        from ladder.evaluate import evaluate_run
+
+        evaluate_run(
+            args.run, tta, args.data, epochs=args.epoch, device=device, threads=args.threads
+        )
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -137,6 +140,18 @@ def parser() -> argparse.ArgumentParser:
         help="auto (CUDA when present), cpu, cuda or cuda:N [env LADDER_DEVICE]",
     )
     runtime.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    runtime.add_argument(
+        "--jobs-per-gpu",
+        type=int,
+        default=int(os.environ.get("LADDER_JOBS_PER_GPU", "1")),
+        help="jobs that share one GPU; each job leases a slot [env LADDER_JOBS_PER_GPU]",
+    )
+    runtime.add_argument(
+        "--lease-dir",
+        type=Path,
+        default=devices.DEFAULT_LEASE_DIR,
+        help="folder of the GPU slot locks, shared by the machine's jobs [env LADDER_LEASE_DIR]",
+    )
 
     t = sub.add_parser("train", parents=[runtime], help="train one experiment")
     t.add_argument("--experiment", required=True)

@@ -1,17 +1,59 @@
-"""Which accelerator a job uses."""
+"""Which accelerator a job uses, and GPU leases for jobs that share a machine's GPUs.
+
+Snakemake's `gpu` resource only counts: `--resources gpu=8` lets eight jobs run at once but never
+tells a job which GPU is its own. A job therefore takes a lease when it starts: one of
+`jobs_per_gpu` slots of one GPU, held as an flock on a file in a folder all jobs on the machine
+share, and it runs with CUDA_VISIBLE_DEVICES set to that GPU. The kernel drops an flock when its
+process ends, however it ends, so a killed job never keeps its slot.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Shared by every job on the machine, whichever workflow it belongs to.
+DEFAULT_LEASE_DIR = Path(
+    os.environ.get("LADDER_LEASE_DIR", Path(tempfile.gettempdir()) / "ladder-gpu-leases")
+)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (indices or UUIDs);
+    found without importing torch, which is slow to load and must not touch CUDA before a
+    lease has set CUDA_VISIBLE_DEVICES."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        names = [v.strip() for v in visible.split(",") if v.strip()]
+        return [] if names in ([], ["-1"]) or not _driver_present() else names
+    if not _driver_present():
+        return []
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, check=False).stdout
+        count = sum(line.startswith("GPU ") for line in out.splitlines())
+    else:
+        count = len(list(Path("/proc/driver/nvidia/gpus").glob("*")))
+    return [str(i) for i in range(count)]
+
+
+def _driver_present() -> bool:
+    return Path("/dev/nvidia0").exists() or any(Path("/proc/driver/nvidia/gpus").glob("*"))
 
 
 def cuda_present() -> bool:
-    """Whether this host shows an NVIDIA GPU to its jobs, without importing torch (slow to load)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return False
-    return any(Path("/proc/driver/nvidia/gpus").glob("*")) or Path("/dev/nvidia0").exists()
+    """Whether this host shows an NVIDIA GPU to its jobs."""
+    return bool(visible_gpus())
 
 
 def resolve(device: str) -> str:
@@ -24,3 +66,95 @@ def resolve(device: str) -> str:
         raise RuntimeError(f"--device {device}: CUDA was asked for but torch sees no GPU")
     torch.device(device)  # raises on a malformed name
     return device
+
+
+@contextlib.contextmanager
+def lease(
+    gpus: list[str],
+    jobs_per_gpu: int,
+    lease_dir: Path = DEFAULT_LEASE_DIR,
+    poll_seconds: float = 2.0,
+) -> Iterator[str | None]:
+    """Hold one of `jobs_per_gpu` slots of one of `gpus` while the block runs; yield its GPU
+    (None when there are no GPUs). Takes the GPU with the most free slots, so jobs spread out;
+    waits when every slot is taken (by jobs of another workflow on the same machine)."""
+    if not gpus:
+        yield None
+        return
+    if jobs_per_gpu < 1:
+        raise ValueError(f"jobs_per_gpu = {jobs_per_gpu}: must be at least 1")
+    lease_dir.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        held = _try_lease(gpus, jobs_per_gpu, lease_dir)
+        if held is not None:
+            break
+        if not waited:
+            log.info("every GPU slot is taken (%d per GPU); waiting for one", jobs_per_gpu)
+            waited = True
+        time.sleep(poll_seconds)
+    gpu, handle = held
+    try:
+        log.info("leased GPU %s (%s)", gpu, handle.name)
+        yield gpu
+    finally:
+        handle.close()  # releases the flock
+
+
+def _try_lease(gpus: list[str], jobs_per_gpu: int, lease_dir: Path):
+    """Lock a free slot on the least busy GPU, or return None if every slot is taken."""
+    free: dict[str, list[Path]] = {}
+    for gpu in gpus:
+        slots = [lease_dir / f"gpu-{_safe(gpu)}.slot-{j}.lock" for j in range(jobs_per_gpu)]
+        free[gpu] = [s for s in slots if not _locked(s)]
+    for gpu in sorted(gpus, key=lambda g: -len(free[g])):
+        for slot in free[gpu]:
+            handle = slot.open("a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # taken since we looked
+                handle.close()
+                continue
+            return gpu, handle
+    return None
+
+
+def _locked(slot: Path) -> bool:
+    if not slot.exists():
+        return False
+    with slot.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+@contextlib.contextmanager
+def job_device(
+    device: str, jobs_per_gpu: int, lease_dir: Path = DEFAULT_LEASE_DIR
+) -> Iterator[str]:
+    """The device a training or evaluation job runs on. `auto`/`cuda` on a GPU host lease a GPU
+    slot and narrow CUDA_VISIBLE_DEVICES to it (before torch initialises CUDA); an explicit
+    `cuda:N` or `cpu` is used as given, without a lease."""
+    if device not in ("auto", "cuda"):
+        yield device
+        return
+    with lease(visible_gpus(), jobs_per_gpu, lease_dir) as gpu:
+        if gpu is None:
+            yield device
+            return
+        before = os.environ.get("CUDA_VISIBLE_DEVICES")
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        try:
+            yield "cuda"
+        finally:
+            if before is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = before

@@ -83,28 +83,6 @@ class Progress:
     steps: list[dict] = field(default_factory=list)
 
 
-def _save_state(path: Path, model, ema, opt, schedule, progress: Progress) -> None:
-    state = {
-        "model": model.state_dict(),
-        "ema": ema.state_dict() if ema is not None else None,
-        "optimizer": opt.state_dict(),
-        "schedule": schedule.state_dict(),
-        "progress": progress.__dict__,
-    }
-    with io.atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _load_state(path: Path, model, ema, opt, schedule, device) -> Progress:
-    state = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
-    if ema is not None:
-        ema.load_state_dict(state["ema"])
-    opt.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    return Progress(**state["progress"])
-
-
 def save_checkpoint(model: nn.Module, path: Path) -> None:
     """A weights-only snapshot: a flat dict of CPU tensors, loadable with weights_only=True."""
     weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -121,6 +99,110 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------
+# One optimiser step at a time
+
+
+@dataclass
+class Learner:
+    """A model with its optimiser, schedule, EMA and transforms. `step` is the training path
+    the benchmark measures too: augmentation on the device, bf16 autocast and channels_last on
+    CUDA, a fused optimiser, optionally a compiled model; it never waits for the GPU."""
+
+    model: nn.Module
+    forward: nn.Module  # the model, compiled or not
+    ema: torch.optim.swa_utils.AveragedModel | None
+    opt: torch.optim.Optimizer
+    schedule: optim.Schedule
+    augmenter: augment.Augment
+    norm: augment.Normalize
+    criterion: nn.Module
+    device: torch.device
+
+    @classmethod
+    def build(
+        cls,
+        settings: dict,
+        num_classes: int,
+        image_size: int,
+        steps_per_epoch: int,
+        normalization: dict,
+        device: torch.device,
+        compile_mode: str = "none",
+    ) -> Learner:
+        seed_everything(settings["seed"])  # the same initial weights on every device
+        model = models.build(settings["model"], num_classes, image_size).to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        ema = None
+        if settings["ema"]["decay"] > 0:
+            decay = settings["ema"]["decay"]
+            ema = torch.optim.swa_utils.AveragedModel(
+                model,
+                multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay),
+                use_buffers=True,
+            )
+        opt = optim.optimizer(model.parameters(), settings["optimizer"], device)
+        compiled = compile_mode != "none" and device.type == "cuda"
+        return cls(
+            model=model,
+            forward=torch.compile(model, mode=compile_mode) if compiled else model,
+            ema=ema,
+            opt=opt,
+            schedule=optim.Schedule(opt, settings["schedule"], settings["epochs"], steps_per_epoch),
+            augmenter=augment.Augment(settings["augment"]),
+            norm=augment.Normalize(**normalization).to(device),
+            criterion=nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"]),
+            device=device,
+        )
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is validated and saved: the weight average when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator):
+        """One optimiser step on a uint8 batch; (loss, correct count) stay on the device."""
+        x = self.norm(self.augmenter(images, gen))
+        with autocast(self.device):
+            logits = self.forward(x)
+        loss = self.criterion(logits.float(), labels)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.schedule.after_step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return loss.detach(), (logits.detach().argmax(1) == labels).sum()
+
+    def validate(self, split: DeviceSplit) -> tuple[float, float]:
+        logits = predict(self.eval_model, split, lambda im: self.norm(im.float().div_(255)))
+        y = split.y.to(logits.device)
+        loss = nn.functional.cross_entropy(logits, y).item()
+        return loss, (logits.argmax(1) == y).float().mean().item()
+
+    def save_state(self, path: Path, progress: Progress) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.opt.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "progress": progress.__dict__,
+        }
+        buf = stdio.BytesIO()
+        torch.save(state, buf)
+        io.write_bytes(path, buf.getvalue())
+
+    def load_state(self, path: Path) -> Progress:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        return Progress(**state["progress"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,191 +232,137 @@ def train(
     classes = io.read_json(data / "classes.json")
     train_split = DeviceSplit.load(data, "train", dev)
     val_split = DeviceSplit.load(data, "val", dev)
-    image_size = int(train_split.x.shape[1])
     if len(train_split) < settings["batch_size"]:
         raise ValueError(
             f"batch_size {settings['batch_size']}: the train split has only "
             f"{len(train_split)} images"
         )
-
+    inputs = [data / f"{s}.npy" for s in ("train_x", "train_y", "val_x", "val_y")] + [Path(stats)]
     identity = {
         "experiment": name,
         "settings": settings,
         "normalization": augment.normalization(settings["normalize"], io.read_json(stats)),
         "num_classes": len(classes),
-        "image_size": image_size,
-        "data": {
-            p.name: file_digest(p)
-            for p in [
-                *(data / f"{s}.npy" for s in ("train_x", "train_y", "val_x", "val_y")),
-                Path(stats),
-            ]
-        },
+        "image_size": int(train_split.x.shape[1]),
+        "data": {p.name: file_digest(p) for p in inputs},
         "code_version": code.version("train"),
     }
-    fp = config.fingerprint(identity)
-    state_dir = resume_root / name / fp
+    state_dir = resume_root / name / config.fingerprint(identity)
     for stale in (resume_root / name).glob("*"):
-        if stale.name != fp:  # settings, data or code changed: that state must not be resumed
+        if stale != state_dir:  # settings, data or code changed: that state must not be resumed
             log.info("removing stale resume state %s", stale)
             shutil.rmtree(stale)
 
-    # -- model, optimiser, schedule -----------------------------------------------------------
-    seed_everything(settings["seed"])
-    model = models.build(settings["model"], len(classes), image_size).to(dev)
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    ema = None
-    if settings["ema"]["decay"] > 0:
-        ema = torch.optim.swa_utils.AveragedModel(
-            model,
-            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(settings["ema"]["decay"]),
-            use_buffers=True,
-        )
-    eval_model = ema.module if ema is not None else model
-    opt = optim.optimizer(model.parameters(), settings["optimizer"], dev)
-    steps_per_epoch = train_split.steps(settings["batch_size"], drop_last=True)
-    schedule = optim.Schedule(opt, settings["schedule"], settings["epochs"], steps_per_epoch)
-    forward = (
-        torch.compile(model, mode=compile_mode)
-        if compile_mode != "none" and dev.type == "cuda"
-        else model
+    learner = Learner.build(
+        settings,
+        identity["num_classes"],
+        identity["image_size"],
+        train_split.steps(settings["batch_size"], drop_last=True),
+        identity["normalization"],
+        dev,
+        compile_mode,
     )
-
-    augmenter = augment.Augment(settings["augment"])
-    norm = augment.Normalize(**identity["normalization"]).to(dev)
-    criterion = nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"])
-
-    state_path = state_dir / "state.pt"
     prog = Progress()
-    if state_path.exists():
-        prog = _load_state(state_path, model, ema, opt, schedule, dev)
+    if (state_dir / "state.pt").exists():
+        prog = learner.load_state(state_dir / "state.pt")
         log.info("%s: resuming after epoch %d from %s", name, prog.epoch, state_dir)
     checkpoint_epochs = config.checkpoint_epochs(settings["epochs"], settings["checkpoint_every"])
 
-    def val_transform(images: torch.Tensor) -> torch.Tensor:
-        return norm(images.float().div_(255))
-
     for epoch in range(prog.epoch + 1, settings["epochs"] + 1):
         epoch_start = time.perf_counter()
-        s = epoch_seed(settings["seed"], epoch)
-        seed_everything(s)
-        order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(s))
-        gen = torch.Generator(dev).manual_seed(s + 1)
-        lr_at_start = optim.current_lr(opt)
-
-        model.train()
-        # Sums stay on the device and are read every log_every steps: no sync per step.
-        zero = torch.zeros((), device=dev)
-        win_loss, win_correct, win_n = zero.clone(), zero.clone(), 0
-        ep_loss, ep_correct, ep_n = zero.clone(), zero.clone(), 0
-        step_t, first_bad = zero.clone(), torch.full((), -1.0, device=dev)
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"{name} {epoch}/{settings['epochs']}",
-            disable=None if progress else True,
-            leave=False,
-        )
-        train_start = time.perf_counter()
-        for i, (images, labels) in enumerate(
-            train_split.batches(settings["batch_size"], order, drop_last=True), 1
-        ):
-            x = norm(augmenter(images, gen))
-            with autocast(dev):
-                logits = forward(x)
-            loss = criterion(logits.float(), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.after_step()
-            if ema is not None:
-                ema.update_parameters(model)
-
-            loss = loss.detach()
-            correct = (logits.detach().argmax(1) == labels).sum()
-            step_t += 1
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step_t, first_bad)
-            win_loss += loss * len(labels)
-            win_correct += correct
-            win_n += len(labels)
-            prog.step += 1
-            if prog.step % settings["log_every"] == 0 or i == steps_per_epoch:
-                _check_finite(first_bad, name, epoch, prog.step - i)
-                ep_loss += win_loss
-                ep_correct += win_correct
-                ep_n += win_n
-                if prog.step % settings["log_every"] == 0:
-                    prog.steps.append(
-                        {
-                            "step": prog.step,
-                            "epoch": epoch,
-                            "lr": optim.current_lr(opt),
-                            "loss": win_loss.item() / win_n,
-                            "acc": win_correct.item() / win_n,
-                        }
-                    )
-                rate = ep_n / (time.perf_counter() - train_start)
-                bar.set_postfix(
-                    loss=f"{ep_loss.item() / ep_n:.3f}",
-                    acc=f"{ep_correct.item() / ep_n:.3f}",
-                    img_s=f"{rate:.0f}",
-                )
-                bar.update(i - bar.n)
-                win_loss, win_correct, win_n = zero.clone(), zero.clone(), 0
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        train_seconds = time.perf_counter() - train_start
-        bar.close()
-
-        val_logits = predict(eval_model, val_split, val_transform)
-        val_loss = nn.functional.cross_entropy(val_logits, val_split.y.to(dev)).item()
-        val_acc = (val_logits.argmax(1) == val_split.y.to(dev)).float().mean().item()
-        schedule.after_epoch(val_acc)
-
-        row = {
-            "epoch": epoch,
-            "lr": lr_at_start,
-            "train_loss": ep_loss.item() / ep_n,
-            "train_acc": ep_correct.item() / ep_n,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "seconds": round(time.perf_counter() - epoch_start, 3),
-            "images_per_second": round(ep_n / train_seconds, 1),
-        }
-        prog.history.append(row)
+        row = _train_epoch(name, learner, train_split, settings, epoch, prog, progress)
+        row["val_loss"], row["val_acc"] = learner.validate(val_split)
+        learner.schedule.after_epoch(row["val_acc"])
+        row["seconds"] = round(time.perf_counter() - epoch_start, 3)
+        prog.history.append({c: row[c] for c in HISTORY_COLUMNS})
         prog.epoch = epoch
         if epoch in checkpoint_epochs:
-            save_checkpoint(eval_model, state_dir / "checkpoints" / f"epoch_{epoch:03d}.pt")
-        _save_state(state_path, model, ema, opt, schedule, prog)
-        io.write_text(
-            state_dir / "history.csv", _csv(prog.history, HISTORY_COLUMNS)
-        )  # to watch progress
+            save_checkpoint(learner.eval_model, state_dir / "checkpoints" / f"epoch_{epoch:03d}.pt")
+        learner.save_state(state_dir / "state.pt", prog)
+        io.write_text(state_dir / "history.csv", _csv(prog.history, HISTORY_COLUMNS))  # to watch
         log.info(
             "%s epoch %d/%d lr %.4g train loss %.4f acc %.4f val loss %.4f acc %.4f "
             "%.1fs %.0f img/s",
-            name,
-            epoch,
-            settings["epochs"],
-            lr_at_start,
-            row["train_loss"],
-            row["train_acc"],
-            val_loss,
-            val_acc,
-            row["seconds"],
-            row["images_per_second"],
-        )
+            name, epoch, settings["epochs"], row["lr"], row["train_loss"], row["train_acc"],
+            row["val_loss"], row["val_acc"], row["seconds"], row["images_per_second"],
+        )  # fmt: skip
 
-    _finish(
-        out,
-        state_dir,
-        identity,
-        prog,
-        checkpoint_epochs,
-        dev,
-        compile_mode,
-        time.perf_counter() - started,
-    )
+    run_info = {
+        "device": str(dev),
+        "precision": "bf16-autocast" if dev.type == "cuda" else "fp32",
+        "compile": compile_mode if dev.type == "cuda" else "none",
+        "torch": torch.__version__,
+        "seconds_last_session": round(time.perf_counter() - started, 1),
+    }
+    _finish(out, state_dir, identity, prog, checkpoint_epochs, run_info)
     return out
+
+
+def _train_epoch(
+    name: str,
+    learner: Learner,
+    split: DeviceSplit,
+    settings: dict,
+    epoch: int,
+    prog: Progress,
+    progress: bool,
+) -> dict:
+    """One pass over the train split; appends to prog.steps; returns the epoch's history row
+    so far. Loss and accuracy sums stay on the device and are read every log_every steps."""
+    dev, batch, log_every = learner.device, settings["batch_size"], settings["log_every"]
+    seed = epoch_seed(settings["seed"], epoch)
+    seed_everything(seed)
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator(dev).manual_seed(seed + 1)
+    steps = split.steps(batch, drop_last=True)
+    row = {"epoch": epoch, "lr": optim.current_lr(learner.opt)}
+
+    zero = torch.zeros((), device=dev)
+    win_loss, win_correct, win_n = zero.clone(), zero.clone(), 0
+    ep_loss, ep_correct, ep_n = zero.clone(), zero.clone(), 0
+    step_t, first_bad = zero.clone(), torch.full((), -1.0, device=dev)
+    disable = None if progress else True  # None: a bar only on a terminal
+    bar = tqdm(
+        total=steps, desc=f"{name} {epoch}/{settings['epochs']}", disable=disable, leave=False
+    )
+    start = time.perf_counter()
+    for i, (images, labels) in enumerate(split.batches(batch, order, drop_last=True), 1):
+        loss, correct = learner.step(images, labels, gen)
+        step_t += 1
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step_t, first_bad)
+        win_loss += loss * len(labels)
+        win_correct += correct
+        win_n += len(labels)
+        prog.step += 1
+        if prog.step % log_every and i != steps:
+            continue
+        _check_finite(first_bad, name, epoch, prog.step - i)
+        if prog.step % log_every == 0:
+            prog.steps.append(
+                {
+                    "step": prog.step,
+                    "epoch": epoch,
+                    "lr": optim.current_lr(learner.opt),
+                    "loss": win_loss.item() / win_n,
+                    "acc": win_correct.item() / win_n,
+                }
+            )
+        ep_loss, ep_correct, ep_n = ep_loss + win_loss, ep_correct + win_correct, ep_n + win_n
+        win_loss, win_correct, win_n = zero.clone(), zero.clone(), 0
+        rate = ep_n / (time.perf_counter() - start)
+        bar.set_postfix(
+            loss=f"{ep_loss.item() / ep_n:.3f}",
+            acc=f"{ep_correct.item() / ep_n:.3f}",
+            img_s=f"{rate:.0f}",
+        )
+        bar.update(i - bar.n)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    bar.close()
+    row["train_loss"] = ep_loss.item() / ep_n
+    row["train_acc"] = ep_correct.item() / ep_n
+    row["images_per_second"] = round(ep_n / (time.perf_counter() - start), 1)
+    return row
 
 
 def _check_finite(first_bad: torch.Tensor, name: str, epoch: int, step_offset: int) -> None:
@@ -347,7 +375,7 @@ def _check_finite(first_bad: torch.Tensor, name: str, epoch: int, step_offset: i
         )
 
 
-def _finish(out, state_dir, identity, prog, checkpoint_epochs, dev, compile_mode, seconds) -> None:
+def _finish(out, state_dir, identity, prog, checkpoint_epochs, run_info: dict) -> None:
     """Write the declared outputs from the resume folder, then remove it."""
     with io.atomic_dir(out / "checkpoints") as tmp:
         for epoch in checkpoint_epochs:
@@ -362,11 +390,7 @@ def _finish(out, state_dir, identity, prog, checkpoint_epochs, dev, compile_mode
             "fingerprint": config.fingerprint(identity),
             "inputs": identity["data"],
             "checkpoint_epochs": checkpoint_epochs,
-            "device": str(dev),
-            "precision": "bf16-autocast" if dev.type == "cuda" else "fp32",
-            "compile": compile_mode if dev.type == "cuda" else "none",
-            "torch": torch.__version__,
-            "seconds_last_session": round(seconds, 1),
+            **run_info,
         },
     )
     shutil.rmtree(state_dir)
