@@ -56,47 +56,48 @@ def vote(predictions: torch.Tensor, prob_sum: torch.Tensor) -> torch.Tensor:
     return torch.where(tied, prob_sum, torch.finfo(prob_sum.dtype).min).argmax(dim=1)
 
 
-def tta_views(settings: dict, tta: dict):
-    """The TTA passes as callables uint8 images -> float [0, 1] (each with its own generator)."""
+def tta_views(settings: dict, tta: dict) -> list:
+    """The TTA passes as callables (uint8 images, generator) -> float [0, 1]; none when off."""
     if tta["augment"] == "flip":
         return [lambda im, g: augment.flip_views(im)[0], lambda im, g: augment.flip_views(im)[1]]
     return [augment.Augment(settings["augment"])] * tta["passes"]
+
+
+def tta_predict(
+    model: nn.Module, split: DeviceSplit, views: list, norm: nn.Module, seed: int, classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every view of the split through the model: (majority vote, summed probabilities).
+    One generator for all passes, seeded: the same checkpoint always gives the same numbers."""
+    g = torch.Generator(split.device).manual_seed(seed)
+    preds, prob_sum = [], torch.zeros(len(split), classes, device=split.device)
+    for view in views:
+        probs = predict(model, split, lambda im, view=view: norm(view(im, g))).softmax(1)
+        preds.append(probs.argmax(1))
+        prob_sum += probs
+    return vote(torch.stack(preds), prob_sum), prob_sum
 
 
 def evaluate_model(
     model: nn.Module, run_config: dict, tta: dict, val: DeviceSplit, test: DeviceSplit
 ) -> dict:
     norm = augment.Normalize(**run_config["normalization"]).to(test.device)
-
-    def plain(images):
-        return norm(images.float().div_(255))
-
+    classes = run_config["num_classes"]
     result = {}
     for name, split in (("val", val), ("test", test)):
-        logits = predict(model, split, plain)
+        logits = predict(model, split, lambda im: norm(im.float().div_(255)))
         y = split.y.to(logits.device)
         result[name] = {
             "loss": nn.functional.cross_entropy(logits, y).item(),
             "acc": (logits.argmax(1) == y).float().mean().item(),
         }
-        if name == "test":
-            test_pred, test_y = logits.argmax(1), y
+    test_y = test.y.to(logits.device)
+    per_class = _per_class(logits.argmax(1), test_y, classes)
 
     per_class_tta = None
-    views = (
-        tta_views(run_config["settings"], tta)
-        if (tta["passes"] > 0 or tta["augment"] == "flip")
-        else []
-    )
+    result["tta"] = None
+    views = tta_views(run_config["settings"], tta)
     if views:
-        # One generator for all passes, seeded: the same checkpoint always gives the same numbers.
-        g = torch.Generator(test.device).manual_seed(tta["seed"])
-        preds, prob_sum = [], torch.zeros(len(test), run_config["num_classes"], device=test.device)
-        for view in views:
-            probs = predict(model, test, lambda im, view=view: norm(view(im, g))).softmax(1)
-            preds.append(probs.argmax(1))
-            prob_sum += probs
-        voted = vote(torch.stack(preds), prob_sum)
+        voted, prob_sum = tta_predict(model, test, views, norm, tta["seed"], classes)
         result["tta"] = {
             "augment": tta["augment"],
             "passes": len(views),
@@ -104,11 +105,8 @@ def evaluate_model(
             "vote_acc": (voted == test_y).float().mean().item(),
             "mean_acc": (prob_sum.argmax(1) == test_y).float().mean().item(),
         }
-        per_class_tta = _per_class(voted, test_y, run_config["num_classes"])
-    else:
-        result["tta"] = None
+        per_class_tta = _per_class(voted, test_y, classes)
 
-    per_class = _per_class(test_pred, test_y, run_config["num_classes"])
     result["per_class"] = [
         {
             "index": c,
