@@ -61,11 +61,13 @@ class DeviceSplit:
         NCHW is a view of NHWC storage: what the GPU gets is channels_last already."""
         n = len(self)
         stop = n - n % batch_size if drop_last else n
+        if order is not None:
+            order = order.to(self.x.device)  # once per pass, not one small copy per batch
         for start in range(0, stop, batch_size):
             if order is None:
                 xb, yb = self.x[start : start + batch_size], self.y[start : start + batch_size]
             else:
-                idx = order[start : start + batch_size].to(self.x.device, non_blocking=True)
+                idx = order[start : start + batch_size]
                 xb, yb = self.x[idx], self.y[idx]
             if not self.on_device:
                 xb = xb.pin_memory().to(self.device, non_blocking=True)
