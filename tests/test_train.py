@@ -86,6 +86,20 @@ def test_digits_learns_and_writes_every_output(digits, tmp_path):
     assert not (tmp_path / "resume" / "x").exists()  # finished: resume state cleaned up
 
 
+def test_ema_weights_are_what_is_validated_and_saved(digits, tmp_path):
+    averaged = run(digits, tmp_path / "ema", settings(epochs=1, batch_size=64, ema={"decay": 0.9}))
+    plain = run(digits, tmp_path / "plain", settings(epochs=1, batch_size=64))
+    ema = torch.load(averaged / "checkpoints" / "epoch_001.pt", weights_only=True)
+    raw = torch.load(plain / "checkpoints" / "epoch_001.pt", weights_only=True)
+    # The same training (EMA does not change it), but the average is what gets saved, in the
+    # plain model's layout so that evaluation loads it like any checkpoint.
+    assert ema.keys() == raw.keys()
+    assert not torch.equal(ema["0.weight"], raw["0.weight"])
+    history = [read_csv(d / "history.csv")[0] for d in (averaged, plain)]
+    assert history[0]["train_loss"] == history[1]["train_loss"]
+    assert history[0]["val_acc"] != history[1]["val_acc"]  # validated with the average
+
+
 def test_checkpoint_every_and_the_last_epoch(digits, tmp_path):
     out = run(digits, tmp_path, settings(epochs=5, checkpoint_every=2, batch_size=128))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
