@@ -138,15 +138,23 @@ def baseline(model_name, batch, args, device) -> dict:
 # Ours: the Learner `ladder train` uses
 
 
-def ours(model_name, batch, args, device, compile_mode: str) -> dict:
-    s = settings(model_name, batch)
+def our_learner(model_name: str, batch: int, args, device, compile_mode: str):
+    """The Learner `ladder train` builds, and an endless stream of batches already on the device."""
     x, y = synthetic(max(batch * 8, 512), args.image_size, args.classes)
     split = DeviceSplit(x, y, device)
     norm = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    s = settings(model_name, batch)
     learner = Learner.build(s, args.classes, args.image_size, 1000, norm, device, compile_mode)
-    gen = torch.Generator(device).manual_seed(0)
-    batches = split.batches(batch, torch.arange(len(split)).repeat(1000), drop_last=True)
+    order = torch.arange(len(split)).repeat(10_000)
+    return (
+        learner,
+        split.batches(batch, order, drop_last=True),
+        torch.Generator(device).manual_seed(0),
+    )
 
+
+def ours(model_name, batch, args, device, compile_mode: str) -> dict:
+    learner, batches, gen = our_learner(model_name, batch, args, device, compile_mode)
     first = time.perf_counter()
     learner.step(*next(batches), gen)  # compiles, when compiling
     sync(device)
@@ -220,14 +228,8 @@ def concurrent(jobs: int, args, model_name: str, batch: int) -> float:
 def worker(args) -> None:
     device = torch.device(args.device)
     work = Path(args.worker)
-    s = settings(args.worker_model, args.worker_batch)
-    x, y = synthetic(max(args.worker_batch * 8, 512), args.image_size, args.classes)
-    split = DeviceSplit(x, y, device)
-    norm = {"mean": [0.5] * 3, "std": [0.5] * 3}
-    learner = Learner.build(s, args.classes, args.image_size, 1000, norm, device, args.compile)
-    gen = torch.Generator(device).manual_seed(0)
-    batches = split.batches(
-        args.worker_batch, torch.arange(len(split)).repeat(10_000), drop_last=True
+    learner, batches, gen = our_learner(
+        args.worker_model, args.worker_batch, args, device, args.compile
     )
     for _ in range(args.warmup + 1):
         learner.step(*next(batches), gen)
