@@ -23,12 +23,13 @@ demo: install
 	$(SNAKEMAKE_DEMO) report
 	@echo "Report: $(CURDIR)/results/report/index.html"
 
-# System packages some tests drive (a browser for the report page). Installed when running as
-# root with apt (CI, fresh machines); elsewhere those tests say what to install.
+# System packages some tests drive (a browser for the report page; a one-node SLURM cluster for
+# the cluster profile). Installed when running as root with apt (CI, fresh machines); elsewhere
+# those tests say what to install.
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
-	  for p in chromium chromium-driver; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  for p in chromium chromium-driver slurm-wlm munge; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
 	fi
 
