@@ -155,9 +155,3 @@ def normalization(setting, stats: dict | None) -> dict:
             raise ValueError("normalize: dataset needs results/data/stats.json")
         return {"mean": list(stats["mean"]), "std": list(stats["std"])}
     return {"mean": list(setting["mean"]), "std": list(setting["std"])}
-
-
-def flip_views(images: torch.Tensor) -> list[torch.Tensor]:
-    """The image and its mirror image (flip TTA), as float [0, 1]."""
-    x = images.float().div_(255)
-    return [x, x.flip(-1)]

@@ -205,10 +205,6 @@ class Experiment:
     meta: dict  # base, description, reference: only the report reads them
 
     @property
-    def base(self) -> str:
-        return self.meta["base"]
-
-    @property
     def fingerprint(self) -> str:
         return fingerprint(self.train)
 

@@ -59,8 +59,16 @@ def vote(predictions: torch.Tensor, prob_sum: torch.Tensor) -> torch.Tensor:
 def tta_views(settings: dict, tta: dict) -> list:
     """The TTA passes as callables (uint8 images, generator) -> float [0, 1]; none when off."""
     if tta["augment"] == "flip":
-        return [lambda im, g: augment.flip_views(im)[0], lambda im, g: augment.flip_views(im)[1]]
+        return [_as_is, _mirrored]
     return [augment.Augment(settings["augment"])] * tta["passes"]
+
+
+def _as_is(images: torch.Tensor, _g) -> torch.Tensor:
+    return images.float().div_(255)
+
+
+def _mirrored(images: torch.Tensor, _g) -> torch.Tensor:
+    return images.float().div_(255).flip(-1)
 
 
 def tta_predict(
