@@ -86,10 +86,14 @@ class Progress:
 def save_checkpoint(model: nn.Module, path: Path) -> None:
     """A weights-only snapshot: a flat dict of CPU tensors, loadable with weights_only=True."""
     weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    # Through memory: torch.save names the archive inside the file after the path it writes to
-    # (a temporary name here), and equal weights should give byte-identical files.
+    _torch_save(weights, path)
+
+
+def _torch_save(obj, path: Path) -> None:
+    """torch.save, atomically. Through memory: torch.save names the archive inside the file after
+    the path it writes to (a temporary name here), and equal content should give equal files."""
     buf = stdio.BytesIO()
-    torch.save(weights, buf)
+    torch.save(obj, buf)
     io.write_bytes(path, buf.getvalue())
 
 
@@ -191,9 +195,7 @@ class Learner:
             "schedule": self.schedule.state_dict(),
             "progress": progress.__dict__,
         }
-        buf = stdio.BytesIO()
-        torch.save(state, buf)
-        io.write_bytes(path, buf.getvalue())
+        _torch_save(state, path)
 
     def load_state(self, path: Path) -> Progress:
         state = torch.load(path, map_location=self.device, weights_only=True)

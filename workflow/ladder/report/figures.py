@@ -89,6 +89,16 @@ def _facets(data: pd.DataFrame, names: list[str]) -> sns.FacetGrid:
     )
 
 
+def _faceted(data, names, panel, xlabel: str, styles: dict[str, dict]) -> plt.Figure:
+    """A panel per experiment drawn by `panel`, accuracy on y, one legend for all panels."""
+    grid = _facets(data, names)
+    grid.map_dataframe(panel)
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels(xlabel, "accuracy (%)")
+    _grid_legend(grid, styles)
+    return grid.figure
+
+
 def _grid_legend(grid: sns.FacetGrid, styles: dict[str, dict]) -> None:
     """One legend above the grid: every panel draws the same series."""
     handles = [Line2D([], [], label=label, **style) for label, style in styles.items()]
@@ -182,16 +192,12 @@ def accuracy_vs_step(runs: Runs, train_images: int) -> tuple[plt.Figure, str]:
             part = data[data["series"] == label]
             plt.gca().plot(part["step"], part["acc"], **style)
 
-    grid = _facets(data, runs.names)
-    grid.map_dataframe(panel)
-    grid.set_titles("{col_name}")
-    grid.set_axis_labels("optimiser step", "accuracy (%)")
-    _grid_legend(grid, styles)
+    fig = _faceted(data, runs.names, panel, "optimiser step", styles)
     caption = (
         "Accuracy against the optimiser step: train accuracy over each logged window of batches "
         "(augmented, as trained) and val accuracy at the end of every epoch."
     )
-    return grid.figure, caption
+    return fig, caption
 
 
 def checkpoint_accuracy(runs: Runs) -> tuple[plt.Figure, str]:
@@ -211,16 +217,12 @@ def checkpoint_accuracy(runs: Runs) -> tuple[plt.Figure, str]:
         ax.axvline(best[data["experiment"].iloc[0]], color="0.45", lw=1, ls=":")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
-    grid = _facets(runs.checkpoints, runs.names)
-    grid.map_dataframe(panel)
-    grid.set_titles("{col_name}")
-    grid.set_axis_labels("epoch (checkpoint)", "accuracy (%)")
-    _grid_legend(grid, styles)
+    fig = _faceted(runs.checkpoints, runs.names, panel, "epoch (checkpoint)", styles)
     caption = (
         "Test accuracy of every checkpoint, without and with test-time augmentation (majority "
         "vote), and val accuracy; the dotted line marks the checkpoint picked by val accuracy."
     )
-    return grid.figure, caption
+    return fig, caption
 
 
 def gap(runs: Runs) -> tuple[plt.Figure, str]:
