@@ -12,14 +12,21 @@ batch 32 and 256:
 - the aggregate images/s of 1, 2 and 4 concurrent training processes of the seed's rung;
 - TTA: N augmented passes over the test images with EfficientNetV2-S.
 
-    python benchmarks/train_throughput.py                  # the GPU run (< 5 min on an H100)
-    python benchmarks/train_throughput.py --quick --device cpu   # tiny sizes (tests/ runs this)
+The CPU and the GPU run the same code with the same loop lengths; only the device calls differ
+(`sync`, `device_name`, channels_last, pinned memory, and the compile `Learner.build` does on
+CUDA only). The compiled rows come last, after the eager rows, the concurrent jobs and TTA. A
+measurement that fails is reported and the others still run (the exit status is then 1); the
+JSON is rewritten after each section, so a run cut short keeps what it measured.
+
+    python benchmarks/train_throughput.py --json results.json  # the GPU run: BENCHMARKS.md
+    python benchmarks/train_throughput.py --quick --device cpu  # tiny sizes (tests/ runs this)
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import io as stdio
 import json
 import os
@@ -27,11 +34,13 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from ladder import config, evaluate
+from ladder import config, evaluate, io, models
 from ladder.augment import Normalize
 from ladder.loader import DeviceSplit
 from ladder.train import Learner
@@ -47,13 +56,38 @@ MODELS = {
 }
 # Rung 11's augmentations: flip, and a random translation 60% of the time.
 AUGMENT = {"hflip": 0.5, "translate": {"p": 0.6, "max": 0.125}}
-# Dense bf16 tensor-core peaks (FLOP/s) by device name, for the share-of-peak column.
+# Dense bf16 tensor-core peaks (FLOP/s), by a part of the device's name; the first match wins.
 PEAKS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
 EPOCH_IMAGES = 80_000
+# The synthetic split of "ours" holds this many batches, so every measured run, short or long,
+# crosses several epochs of it (the data is noise: only the number of steps matters).
+SPLIT_BATCHES = 8
+# --quick: tiny sizes, the real loop lengths (steps, warm-up, jobs, TTA passes, loader workers).
+QUICK = {
+    "image_size": 8,
+    "classes": 10,
+    "batches": "2",
+    "duration": 1.0,
+    "tta_images": 100,
+}
+# Concurrency: how long workers may take to start, and to finish beyond --duration, before the
+# run gives up on them (generous: a loaded machine is slow, a hung one never ends).
+WORKER_START_SECONDS = 600
+WORKER_GRACE_SECONDS = 300
+
+say = functools.partial(print, flush=True)  # a run cut short still shows what it measured
 
 
 def settings(model: str, batch: int) -> dict:
-    exp = {"model": MODELS[model], "augment": AUGMENT, "batch_size": batch, "epochs": 1}
+    # A constant learning rate: the measured loop may run any number of steps, and a per-step
+    # schedule (onecycle) refuses to step past the end it was built for.
+    exp = {
+        "model": MODELS[model],
+        "augment": AUGMENT,
+        "batch_size": batch,
+        "epochs": 1,
+        "schedule": {"name": "constant"},
+    }
     return config.Params.from_dict({"experiments": {"x": exp}}).experiments["x"].train
 
 
@@ -62,9 +96,47 @@ def synthetic(n: int, size: int, classes: int, seed: int = 0) -> tuple[np.ndarra
     return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), rng.integers(0, classes, n)
 
 
+def build_model(model_name: str, args, device: torch.device) -> nn.Module:
+    return models.build(settings(model_name, 32)["model"], args.classes, args.image_size).to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# The device-specific calls, kept thin: everything else is the same on the CPU and the GPU
+
+
 def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock time covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def peak_flops(name: str, override_tflops: float | None = None) -> float | None:
+    """The dense bf16 peak (FLOP/s) of the device named `name`: the override, a known device's,
+    or None (no share-of-peak column)."""
+    if override_tflops:
+        return override_tflops * 1e12
+    return next((peak for key, peak in PEAKS.items() if key in name), None)
+
+
+class Timer:
+    """Seconds of device work between start() and stop(): a sync at both ends."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def start(self) -> None:
+        sync(self.device)
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        sync(self.device)
+        return time.perf_counter() - self.t0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,7 +171,8 @@ def baseline(model_name, batch, args, device) -> dict:
             T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
         ]
     )
-    x, y = synthetic(batch * (args.steps + args.warmup), args.image_size, args.classes)
+    # One epoch of exactly warm-up + measured batches: the seed's loop, workers started once.
+    x, y = synthetic(batch * (args.warmup + args.steps), args.image_size, args.classes)
     loader = DataLoader(
         JpegFolder(x, y, transform),
         batch_size=batch,
@@ -109,87 +182,87 @@ def baseline(model_name, batch, args, device) -> dict:
         drop_last=True,
     )
     torch.manual_seed(0)
-    from ladder import models
-
-    model = models.build(settings(model_name, batch)["model"], args.classes, args.image_size).to(
-        device
-    )
+    model = build_model(model_name, args, device)
     opt = torch.optim.SGD(
         model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4
     )
     criterion = nn.CrossEntropyLoss()
     model.train()
-    running = 0.0
+    timer, running, steps = Timer(device), 0.0, 0
     for i, (images, labels) in enumerate(loader):
         if i == args.warmup:
-            sync(device)
-            start = time.perf_counter()
+            timer.start()
         images, labels = images.to(device), labels.to(device)
         loss = criterion(model(images), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
         running += loss.item()  # the seed's running loss: a sync every step
-    sync(device)
-    return {"images_per_second": batch * args.steps / (time.perf_counter() - start)}
+        steps += i >= args.warmup
+    seconds = timer.stop()
+    if steps != args.steps:
+        raise RuntimeError(f"the seed's loader gave {steps} measured batches, not {args.steps}")
+    return {"images_per_second": batch * steps / seconds}
 
 
 # ----------------------------------------------------------------------------------------------
 # Ours: the Learner `ladder train` uses
 
 
+def endless_batches(
+    split: DeviceSplit, batch: int, seed: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches for as many steps as asked: epoch after epoch of the split, each in a fresh random
+    order with the last partial batch dropped, as `ladder train` does. The order is drawn where
+    the images are: training copies a CPU permutation once per epoch, a sync it spreads over
+    hundreds of steps, but this split is a few batches long."""
+    if split.steps(batch, drop_last=True) == 0:
+        raise ValueError(f"a split of {len(split)} images has no full batch of {batch}")
+    gen = torch.Generator(split.x.device).manual_seed(seed)
+    while True:
+        order = torch.randperm(len(split), generator=gen, device=split.x.device)
+        yield from split.batches(batch, order, drop_last=True)
+
+
 def our_learner(model_name: str, batch: int, args, device, compile_mode: str):
-    """The Learner `ladder train` builds, and an endless stream of batches already on the device."""
-    x, y = synthetic(max(batch * 8, 512), args.image_size, args.classes)
+    """The Learner `ladder train` builds, an endless stream of batches already on the device, and
+    the augmentation's generator."""
+    x, y = synthetic(batch * SPLIT_BATCHES, args.image_size, args.classes)
     split = DeviceSplit(x, y, device)
     norm = {"mean": [0.5] * 3, "std": [0.5] * 3}
     s = settings(model_name, batch)
-    learner = Learner.build(s, args.classes, args.image_size, 1000, norm, device, compile_mode)
-    order = torch.arange(len(split)).repeat(10_000)
-    return (
-        learner,
-        split.batches(batch, order, drop_last=True),
-        torch.Generator(device).manual_seed(0),
+    steps_per_epoch = EPOCH_IMAGES // batch
+    learner = Learner.build(
+        s, args.classes, args.image_size, steps_per_epoch, norm, device, compile_mode
     )
+    return learner, endless_batches(split, batch), torch.Generator(device).manual_seed(0)
 
 
 def ours(model_name, batch, args, device, compile_mode: str) -> dict:
+    # A fresh compiler state for each Learner: otherwise compiling the same model again at
+    # another batch size makes torch.compile guess a dynamic batch dimension.
+    torch.compiler.reset()
     learner, batches, gen = our_learner(model_name, batch, args, device, compile_mode)
-    first = time.perf_counter()
+    timer = Timer(device)
+    timer.start()
     learner.step(*next(batches), gen)  # compiles, when compiling
-    sync(device)
-    first = time.perf_counter() - first
+    first = timer.stop()
     for _ in range(args.warmup):
         learner.step(*next(batches), gen)
-    sync(device)
-    start = time.perf_counter()
+    timer.start()
     for _ in range(args.steps):
         learner.step(*next(batches), gen)
-    sync(device)
-    seconds = time.perf_counter() - start
+    seconds = timer.stop()
     return {"images_per_second": batch * args.steps / seconds, "first_step_seconds": first}
 
 
-def flops_per_image(model_name, batch, args, device) -> float:
+def flops_per_image(model_name, args, device) -> float:
     """Forward + backward FLOPs of one image (matmul/conv FLOPs, as FlopCounterMode counts)."""
-    from ladder import models
-
-    model = models.build(settings(model_name, batch)["model"], args.classes, args.image_size).to(
-        device
-    )
+    model = build_model(model_name, args, device)
     x = torch.randn(2, 3, args.image_size, args.image_size, device=device)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()
     return counter.get_total_flops() / 2
-
-
-def peak_flops(device: torch.device, override: float | None) -> float | None:
-    if override:
-        return override * 1e12
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAKS.items() if key in name), None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,6 +270,7 @@ def peak_flops(device: torch.device, override: float | None) -> float | None:
 
 
 def concurrent(jobs: int, args, model_name: str, batch: int) -> float:
+    """Aggregate images/s of `jobs` training processes started together on the device."""
     work = Path(args.work) / f"concurrent-{jobs}"
     work.mkdir(parents=True, exist_ok=True)
     for f in work.glob("*"):
@@ -204,25 +278,28 @@ def concurrent(jobs: int, args, model_name: str, batch: int) -> float:
     cmd = [sys.executable, __file__, "--worker", str(work), "--device", args.device]
     cmd += ["--image-size", str(args.image_size), "--classes", str(args.classes)]
     cmd += ["--warmup", str(args.warmup), "--duration", str(args.duration)]
-    cmd += [
-        "--worker-model",
-        model_name,
-        "--worker-batch",
-        str(batch),
-        "--compile",
-        args.worker_compile,
-    ]
+    cmd += ["--worker-model", model_name, "--worker-batch", str(batch)]
+    cmd += ["--compile", args.worker_compile]
     procs = [subprocess.Popen([*cmd, "--worker-id", str(i)]) for i in range(jobs)]
-    while len(list(work.glob("ready-*"))) < jobs:
-        if any(p.poll() not in (None, 0) for p in procs):
-            raise RuntimeError(f"a benchmark worker failed ({work})")
-        time.sleep(0.1)
-    (work / "go").write_text(str(time.time() + 0.5))
-    for p in procs:
-        if p.wait() != 0:
-            raise RuntimeError(f"a benchmark worker failed ({work})")
-    images = sum(json.loads(f.read_text())["images"] for f in work.glob("result-*"))
-    return images / args.duration
+    try:
+        deadline = time.monotonic() + WORKER_START_SECONDS
+        while len(list(work.glob("ready-*"))) < jobs:
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"a benchmark worker ended before it was ready ({work})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers not ready after {WORKER_START_SECONDS} s ({work})")
+            time.sleep(0.1)
+        io.write_text(work / "go", str(time.time() + 0.5))  # atomic: never read half-written
+        for p in procs:
+            if p.wait(timeout=args.duration + WORKER_GRACE_SECONDS) != 0:
+                raise RuntimeError(f"a benchmark worker failed ({work})")
+    finally:
+        for p in procs:  # left running only after a failure
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    results = [json.loads(f.read_text()) for f in sorted(work.glob("result-*"))]
+    return sum(r["images"] / r["seconds"] for r in results)
 
 
 def worker(args) -> None:
@@ -235,21 +312,23 @@ def worker(args) -> None:
         learner.step(*next(batches), gen)
     sync(device)
     (work / f"ready-{args.worker_id}").write_text("")
+    deadline = time.monotonic() + WORKER_START_SECONDS
     while not (work / "go").exists():
+        if time.monotonic() > deadline:  # the parent is gone
+            raise TimeoutError(f"no start signal after {WORKER_START_SECONDS} s ({work})")
         time.sleep(0.01)
     go = float((work / "go").read_text())
     while time.time() < go:
         time.sleep(0.001)
-    steps = 0
+    start, steps = time.perf_counter(), 0
     while time.time() < go + args.duration:
         learner.step(*next(batches), gen)
         steps += 1
-        if steps % 10 == 0:
+        if steps % 10 == 0:  # at most 10 steps queued: the window measures work done in it
             sync(device)
     sync(device)
-    (work / f"result-{args.worker_id}").write_text(
-        json.dumps({"images": steps * args.worker_batch})
-    )
+    result = {"images": steps * args.worker_batch, "seconds": time.perf_counter() - start}
+    io.write_text(work / f"result-{args.worker_id}", json.dumps(result))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,27 +337,25 @@ def worker(args) -> None:
 
 def tta_seconds(args, device) -> float:
     s = settings("efficientnet_v2_s", 32)
-    from ladder import models
-
-    model = models.build(s["model"], args.classes, args.image_size).to(device)
+    model = build_model("efficientnet_v2_s", args, device)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # as `ladder evaluate` loads it
     x, y = synthetic(args.tta_images, args.image_size, args.classes)
     split = DeviceSplit(x, y, device)
     norm = Normalize([0.5] * 3, [0.5] * 3).to(device)
     views = evaluate.tta_views(s, {"augment": "train", "passes": args.tta_passes})
     evaluate.tta_predict(model, split, views[:1], norm, 0, args.classes)  # warm-up
-    sync(device)
-    start = time.perf_counter()
+    timer = Timer(device)
+    timer.start()
     evaluate.tta_predict(model, split, views, norm, 0, args.classes)
-    sync(device)
-    return time.perf_counter() - start
+    return timer.stop()
 
 
 # ----------------------------------------------------------------------------------------------
+# The run: sections in order of cost (compiling last), each measurement on its own
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--models", default=",".join(MODELS))
@@ -297,9 +374,11 @@ def main(argv=None) -> dict:
     p.add_argument("--tta-passes", type=int, default=10)
     p.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, if not known")
     p.add_argument("--work", default="/tmp/ladder-throughput")
-    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--json", type=Path, help="also write the results here (after each section)")
     p.add_argument(
-        "--quick", action="store_true", help="tiny sizes: checks the script, measures nothing"
+        "--quick",
+        action="store_true",
+        help="tiny sizes with the real loop lengths: checks every path, measures nothing",
     )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)
@@ -307,92 +386,187 @@ def main(argv=None) -> dict:
     p.add_argument("--worker-batch", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.worker_compile = "none"  # concurrency: eager jobs, as scheduled by Snakemake today
+    if args.quick:
+        vars(args).update(QUICK)
+    unknown = set(args.models.split(",")) - set(MODELS)
+    if unknown:
+        p.error(f"--models: unknown {', '.join(sorted(unknown))}; known: {', '.join(MODELS)}")
+    if args.steps < 1 or args.warmup < 0 or args.duration <= 0:
+        p.error("--steps must be >= 1, --warmup >= 0 and --duration > 0")
+    return args
+
+
+class Run:
+    """The results so far, the failures, and the JSON file rewritten after each section."""
+
+    def __init__(self, args, device: torch.device):
+        self.args, self.device = args, device
+        self.models = args.models.split(",")
+        self.batches = [int(b) for b in args.batches.split(",")]
+        self.failures: list[str] = []
+        keep = ("models", "batches", "compile", "jobs", "image_size", "classes", "steps")
+        keep += ("warmup", "duration", "loader_workers", "tta_images", "tta_passes", "quick")
+        self.results = {
+            "complete": False,
+            "date": dt.datetime.now().isoformat(timespec="minutes"),
+            "device": device_name(device),
+            "torch": torch.__version__,
+            "cpu_cores": os.cpu_count(),
+            "settings": {k: getattr(args, k) for k in keep},
+            "rows": [],
+            "concurrent": [],
+            "tta_seconds": None,
+            "failures": self.failures,
+        }
+        self.peak = peak_flops(self.results["device"], args.peak_tflops)
+        self.flops: dict[str, float | None] = {}
+
+    def attempt(self, what: str, fn, *fn_args):
+        """fn(*fn_args), or None if it raised: one failed measurement (a compile error, an
+        out-of-memory at batch 256) is reported and the run measures the rest."""
+        try:
+            return fn(*fn_args)
+        except Exception as e:
+            traceback.print_exc()
+            self.failures.append(f"{what}: {type(e).__name__}: {e}")
+            say(f"FAILED {what}: {type(e).__name__}: {e}")
+            return None
+
+    def save(self) -> None:
+        if self.args.json:
+            io.write_text(self.args.json, json.dumps(self.results, indent=2) + "\n")
+
+    def seed_rate(self, model: str, batch: int) -> float | None:
+        return next(
+            (
+                r["images_per_second"]
+                for r in self.results["rows"]
+                if (r["model"], r["batch"]) == (model, batch) and r["path"].startswith("seed")
+            ),
+            None,
+        )
+
+    def add_row(self, model, batch, path, ips, first) -> None:
+        """One table row; the numbers a failed measurement could not give are None."""
+        base = ips if path.startswith("seed") else self.seed_rate(model, batch)
+        fpi = self.flops.get(model)
+        flops = fpi * ips if fpi and ips else None
+        row = {
+            "model": model,
+            "batch": batch,
+            "path": path,
+            "images_per_second": ips,
+            "epoch_seconds": EPOCH_IMAGES / ips if ips else None,
+            "speedup": ips / base if ips and base else None,
+            "tflops": flops / 1e12 if flops else None,
+            "peak_share": flops / self.peak if flops and self.peak else None,
+            "first_step_seconds": first,
+        }
+        self.results["rows"].append(row)
+        say(format_row(row))
+
+
+def measure_eager(run: Run) -> None:
+    """The seed as written and our eager step, for every model and batch size."""
+    args, device = run.args, run.device
+    for model in run.models:
+        run.flops[model] = run.attempt(f"{model} FLOPs", flops_per_image, model, args, device)
+        for batch in run.batches:
+            what = f"{model} batch {batch}"
+            r = run.attempt(f"{what} seed", baseline, model, batch, args, device)
+            path = f"seed as written (fp32, PIL, {args.loader_workers} workers)"
+            run.add_row(model, batch, path, r and r["images_per_second"], None)
+            r = run.attempt(f"{what} eager", ours, model, batch, args, device, "none")
+            ips, first = r and r["images_per_second"], r and r["first_step_seconds"]
+            run.add_row(model, batch, "ours eager", ips, first)
+            run.save()
+
+
+def measure_concurrent(run: Run) -> None:
+    """The seed's rung (EfficientNetV2-S at batch 32) as several jobs sharing the device."""
+    args = run.args
+    rung = "efficientnet_v2_s" if "efficientnet_v2_s" in run.models else run.models[0]
+    rung_batch = 32 if 32 in run.batches else run.batches[0]
+    base = run.seed_rate(rung, rung_batch)
+    say(f"\nconcurrent eager jobs of {rung} at batch {rung_batch} on one device:")
+    for jobs in map(int, args.jobs.split(",")):
+        ips = run.attempt(f"{jobs} concurrent jobs", concurrent, jobs, args, rung, rung_batch)
+        speedup = ips / base if ips and base else None
+        run.results["concurrent"].append(
+            {"jobs": jobs, "model": rung, "batch": rung_batch, "images_per_second": ips}
+            | {"speedup": speedup}
+        )
+        if ips is not None:
+            versus = f"{speedup:.1f}x the seed as written" if speedup else "no seed row"
+            say(f"  {jobs} job(s): {ips:8.0f} images/s in all ({versus})")
+        run.save()
+
+
+def measure_tta(run: Run) -> None:
+    args = run.args
+    tta = run.attempt("TTA", tta_seconds, args, run.device)
+    run.results["tta_seconds"] = tta
+    if tta is not None:
+        what = f"{args.tta_passes} passes over {args.tta_images} images"
+        say(f"\nTTA, efficientnet_v2_s, {what}: {tta:.1f} s")
+    run.save()
+
+
+def measure_compiled(run: Run) -> None:
+    """Our step compiled, last: compiling takes most of the run's time, and a run cut short
+    should lose only these rows (the largest batch first: the targets are set there).
+    Learner.build compiles on CUDA only: no rows on the CPU."""
+    mode = run.args.compile
+    if run.device.type != "cuda" or mode == "none":
+        say(f"\ncompiled ({mode}): not measured on {run.device.type} (CUDA only)")
+        return
+    say(f"\ncompiled ({mode}), first step = compile time:")
+    for batch in sorted(run.batches, reverse=True):
+        for model in run.models:
+            what = f"{model} batch {batch} compiled ({mode})"
+            r = run.attempt(what, ours, model, batch, run.args, run.device, mode)
+            ips, first = r and r["images_per_second"], r and r["first_step_seconds"]
+            run.add_row(model, batch, f"ours compiled ({mode})", ips, first)
+            run.save()
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     if args.worker:
         worker(args)
         return {}
-    if args.quick:
-        args.image_size, args.classes, args.steps, args.warmup = 16, 10, 2, 1
-        args.batches, args.jobs, args.duration, args.loader_workers = "8", "1,2", 1.0, 2
-        args.tta_images, args.tta_passes = 64, 2
-
-    device = torch.device(args.device)
-    compile_mode = args.compile if device.type == "cuda" else "none"
-    peak = peak_flops(device, args.peak_tflops)
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu"
-    )
-    when = dt.datetime.now().isoformat(timespec="minutes")
-    print(f"{when}  {name}  torch {torch.__version__}  {os.cpu_count()} CPU cores")
-    print(f"images {args.image_size}px, {args.classes} classes\n")
-
-    models, batches = args.models.split(","), [int(b) for b in args.batches.split(",")]
-    modes = ["none"] + ([compile_mode] if compile_mode != "none" else [])
-    rows = []
-    for model_name in models:
-        for batch in batches:
-            fpi = flops_per_image(model_name, batch, args, device)
-            base = baseline(model_name, batch, args, device)["images_per_second"]
-            label = f"seed as written (fp32, PIL, {args.loader_workers} workers)"
-            measured = [(label, base, None)]
-            for mode in modes:
-                r = ours(model_name, batch, args, device, mode)
-                label = "ours eager" if mode == "none" else f"ours compiled ({mode})"
-                measured.append((label, r["images_per_second"], r["first_step_seconds"]))
-            for label, ips, first in measured:
-                rows.append(_row(model_name, batch, label, ips, base, fpi, peak, first))
-                _print_row(rows[-1])
-
-    # The seed's rung (EfficientNetV2-S at batch 32) as several jobs sharing the device.
-    rung = "efficientnet_v2_s" if "efficientnet_v2_s" in models else models[0]
-    rung_batch = 32 if 32 in batches else batches[0]
-    base = next(
-        r["images_per_second"]
-        for r in rows
-        if (r["model"], r["batch"]) == (rung, rung_batch) and r["path"].startswith("seed")
-    )
-    packed = {
-        jobs: concurrent(jobs, args, rung, rung_batch) for jobs in map(int, args.jobs.split(","))
-    }
-    print(f"\nconcurrent eager jobs of {rung} at batch {rung_batch} on one device:")
-    for jobs, ips in packed.items():
-        print(
-            f"  {jobs} job(s): {ips:8.0f} images/s in all ({ips / base:.1f}x the seed as written)"
-        )
-
-    tta = tta_seconds(args, device)
-    what = f"{args.tta_passes} passes over {args.tta_images} images"
-    print(f"\nTTA, efficientnet_v2_s, {what}: {tta:.1f} s")
-    results = {"device": name, "rows": rows, "concurrent": packed, "tta_seconds": tta}
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    return results
+    run = Run(args, torch.device(args.device))
+    run.save()  # an unwritable --json fails now, not after the measurements
+    r = run.results
+    say(f"{r['date']}  {r['device']}  torch {r['torch']}  {r['cpu_cores']} CPU cores")
+    say(f"images {args.image_size}px, {args.classes} classes\n")
+    measure_eager(run)
+    measure_concurrent(run)
+    measure_tta(run)
+    measure_compiled(run)
+    say("\nall rows:")
+    for row in sorted(r["rows"], key=lambda row: (row["model"], row["batch"])):
+        say(format_row(row))
+    if run.failures:
+        say(f"\n{len(run.failures)} measurement(s) failed:", *run.failures, sep="\n  ")
+    r["complete"] = True
+    run.save()
+    return r
 
 
-def _row(model, batch, path, ips, base, flops_per_image_, peak, first) -> dict:
-    return {
-        "model": model,
-        "batch": batch,
-        "path": path,
-        "images_per_second": ips,
-        "epoch_seconds": EPOCH_IMAGES / ips,
-        "speedup": ips / base,
-        "tflops": flops_per_image_ * ips / 1e12,
-        "peak_share": flops_per_image_ * ips / peak if peak else None,
-        "first_step_seconds": first,
-    }
+def format_row(r: dict) -> str:
+    def num(value, spec: str, width: int) -> str:
+        return format(value, spec) if value is not None else "-".rjust(width)
 
-
-def _print_row(r: dict) -> None:
     share = f"{100 * r['peak_share']:5.1f}%" if r["peak_share"] is not None else "   n/a"
-    first = f"{r['first_step_seconds']:6.1f}" if r["first_step_seconds"] is not None else "     -"
-    print(
-        f"{r['model']:<18}{r['batch']:>5}  {r['path']:<40}{r['images_per_second']:>9.0f} img/s"
-        f"{r['epoch_seconds']:>8.1f} s/epoch{r['speedup']:>7.2f}x"
-        f"{r['tflops']:>8.1f} TFLOP/s {share}  first step {first} s"
+    return (
+        f"{r['model']:<18}{r['batch']:>5}  {r['path']:<40}"
+        f"{num(r['images_per_second'], '>9.0f', 9)} img/s"
+        f"{num(r['epoch_seconds'], '>8.1f', 8)} s/epoch{num(r['speedup'], '>7.2f', 7)}x"
+        f"{num(r['tflops'], '>8.1f', 8)} TFLOP/s {share}"
+        f"  first step {num(r['first_step_seconds'], '6.1f', 6)} s"
     )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main().get("failures") else 0)

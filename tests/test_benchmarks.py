@@ -1,12 +1,29 @@
-"""The benchmark scripts run (tiny sizes, CPU): they measure, they do not assert speed."""
+"""The benchmark scripts run (tiny sizes, CPU): they measure, they do not assert speed.
+
+train_throughput.py has one chance on a GPU, so every path it takes there runs here first, with
+the GPU run's loop lengths (warm-up, measured steps, concurrent jobs, TTA passes, DataLoader
+workers); only the image sizes shrink."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+import torch
 from conftest import REPO
+
+SCRIPT = REPO / "benchmarks" / "train_throughput.py"
+# What the subprocess run below takes on a 2-core machine (65-70 s measured, with other work
+# running beside it); it is stopped at 5x that, a bound only a hung run reaches (a worker waiting
+# forever), not a slow one.
+EXPECTED_SECONDS = 70
 
 
 def load(name: str):
@@ -16,16 +33,179 @@ def load(name: str):
     return module
 
 
+@pytest.fixture(scope="module")
+def bench():
+    return load("train_throughput")
+
+
+def run_script(args: list[str], cwd) -> subprocess.CompletedProcess:
+    """The script in its own process group, so a hung run is stopped with its workers."""
+    # One thread per process: two OpenMP threads on two busy cores crawl, and nothing is
+    # measured here.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=5 * EXPECTED_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(
+            f"train_throughput.py still running after {5 * EXPECTED_SECONDS} s (about "
+            f"{EXPECTED_SECONDS} s expected): hung?\n{out[-6000:]}"
+        )
+    print(f"train_throughput.py took {time.monotonic() - start:.0f} s\n{out}")
+    assert proc.returncode == 0, f"exit status {proc.returncode}\n{out[-6000:]}"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out)
+
+
 @pytest.mark.slow
-def test_train_throughput_runs_end_to_end_on_the_cpu(tmp_path):
-    bench = load("train_throughput")
-    argv = ["--quick", "--device", "cpu", "--models", "resnet18_small", "--work", str(tmp_path)]
-    results = bench.main(argv)
-    paths = [r["path"] for r in results["rows"]]
-    assert paths == ["seed as written (fp32, PIL, 2 workers)", "ours eager"]  # no compile on CPU
-    for row in results["rows"]:
-        assert row["images_per_second"] > 0
+def test_train_throughput_runs_every_path_with_the_real_loop_lengths(bench, tmp_path):
+    out = tmp_path / "results" / "throughput.json"  # a folder that does not exist yet
+    args = ["--quick", "--device", "cpu", "--models", "resnet18_small"]
+    proc = run_script([*args, "--work", str(tmp_path / "work"), "--json", str(out)], tmp_path)
+    results = json.loads(out.read_text())
+    assert results["complete"]
+    assert results["failures"] == []
+
+    # The GPU run's loop lengths, not shortened.
+    gpu = vars(bench.parse_args([]))
+    for key in ("steps", "warmup", "jobs", "loader_workers", "tta_passes", "compile"):
+        assert results["settings"][key] == gpu[key], key
+    # Many times the split: the measured loop crosses epochs.
+    assert gpu["warmup"] + gpu["steps"] >= 2 * bench.SPLIT_BATCHES
+
+    rows = {(r["model"], r["batch"], r["path"]): r for r in results["rows"]}
+    seed = f"seed as written (fp32, PIL, {gpu['loader_workers']} workers)"
+    assert set(rows) == {("resnet18_small", 2, seed), ("resnet18_small", 2, "ours eager")}
+    for row in rows.values():
+        for key in ("images_per_second", "epoch_seconds", "speedup", "tflops"):
+            assert row[key] > 0, (row["path"], key)
         assert math.isclose(row["epoch_seconds"], 80_000 / row["images_per_second"])
-    assert set(results["concurrent"]) == {1, 2}
-    assert all(v > 0 for v in results["concurrent"].values())
+        assert row["peak_share"] is None  # no known peak for a CPU
+    assert rows["resnet18_small", 2, "ours eager"]["first_step_seconds"] > 0
+    assert rows["resnet18_small", 2, seed]["first_step_seconds"] is None
+
+    jobs = [int(j) for j in gpu["jobs"].split(",")]
+    assert [c["jobs"] for c in results["concurrent"]] == jobs
+    for c in results["concurrent"]:
+        assert c["images_per_second"] > 0
+        assert c["speedup"] > 0
     assert results["tta_seconds"] > 0
+
+    # The printed table: a line per row, the concurrent jobs, TTA.
+    assert proc.stdout.count("resnet18_small        2  ") >= 2 * len(rows)
+    assert all(f"  {j} job(s): " in proc.stdout for j in jobs)
+    assert f"TTA, efficientnet_v2_s, {gpu['tta_passes']} passes" in proc.stdout
+
+
+@pytest.fixture
+def one_thread():
+    """As OMP_NUM_THREADS=1 does for the subprocess run, in this process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("model", ["efficientnet_v2_s", "resnet18_small"])
+@pytest.mark.usefixtures("one_thread")
+def test_each_model_runs_in_both_training_paths(bench, model):
+    """Every model of the GPU run (the subprocess run above takes one, for time), in short."""
+    args = bench.parse_args(["--quick", "--device", "cpu", "--steps", "2", "--warmup", "1"])
+    args.loader_workers = 0
+    cpu = torch.device("cpu")
+    assert bench.baseline(model, 2, args, cpu)["images_per_second"] > 0
+    assert bench.ours(model, 2, args, cpu, "none")["images_per_second"] > 0
+    assert bench.flops_per_image(model, args, cpu) > 0
+
+
+def test_batches_cycle_over_epochs_in_a_fresh_order(bench):
+    split = bench.DeviceSplit(
+        torch.zeros(5, 2, 2, 3, dtype=torch.uint8).numpy(), list(range(5)), "cpu"
+    )
+    batches = bench.endless_batches(split, 2)
+    epochs = [[next(batches)[1].tolist() for _ in range(2)] for _ in range(20)]  # 40 steps
+    for epoch in epochs:  # 2 full batches of distinct images, the 5th image left out
+        seen = epoch[0] + epoch[1]
+        assert len(seen) == len(set(seen)) == 4
+    assert len({str(e) for e in epochs}) > 1
+    with pytest.raises(ValueError, match="no full batch"):
+        next(bench.endless_batches(split, 6))
+
+
+@pytest.mark.parametrize(
+    ("name", "tflops"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989),
+        ("NVIDIA H100 PCIe", 756),
+        ("NVIDIA H200", 989),
+        ("NVIDIA A100-SXM4-80GB", 312),
+        ("NVIDIA GeForce RTX 4090", None),
+        ("x86_64", None),
+    ],
+)
+def test_peak_flops_by_device_name(bench, name, tflops):
+    assert bench.peak_flops(name) == (tflops and tflops * 1e12)
+    assert bench.peak_flops(name, override_tflops=500) == 500e12
+
+
+def test_a_failed_measurement_is_reported_and_the_others_still_run(
+    bench, tmp_path, monkeypatch, capsys
+):
+    """The failure path, run here with stand-ins for the measurements (all of them quick)."""
+
+    def broken(*_args):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(bench, "flops_per_image", lambda *_: 1e9)
+    monkeypatch.setattr(bench, "baseline", lambda *_: {"images_per_second": 100.0})
+    monkeypatch.setattr(bench, "ours", broken)
+    monkeypatch.setattr(bench, "concurrent", lambda jobs, *_: 50.0 * jobs)
+    monkeypatch.setattr(bench, "tta_seconds", broken)
+    out = tmp_path / "r.json"
+    results = bench.main(["--device", "cpu", "--models", "resnet18_small", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert results["complete"]
+    assert len(results["failures"]) == 3  # ours at batch 32 and 256, TTA
+    assert all("RuntimeError: out of memory" in f for f in results["failures"])
+    eager = [r for r in results["rows"] if r["path"] == "ours eager"]
+    assert [r["images_per_second"] for r in eager] == [None, None]
+    assert all(r["speedup"] is None and r["epoch_seconds"] is None for r in eager)
+    seed = [r for r in results["rows"] if r["path"].startswith("seed")]
+    assert [(r["speedup"], r["tflops"]) for r in seed] == [(1.0, 0.1), (1.0, 0.1)]
+    assert [c["speedup"] for c in results["concurrent"]] == [0.5, 1.0, 2.0]
+    assert results["tta_seconds"] is None
+    printed = capsys.readouterr().out
+    assert "FAILED resnet18_small batch 32 eager: RuntimeError: out of memory" in printed
+    assert "3 measurement(s) failed" in printed
+
+
+def test_compiled_rows_come_last_largest_batch_first(bench, tmp_path, monkeypatch):
+    """The compiled section's loop, which only CUDA reaches (Learner.build compiles there only),
+    with a stand-in for the step."""
+    calls = []
+
+    def compiled_step(model, batch, _args, _device, mode):
+        calls.append((model, batch, mode))
+        return {"images_per_second": 10.0 * batch, "first_step_seconds": 30.0}
+
+    monkeypatch.setattr(bench, "ours", compiled_step)
+    out = tmp_path / "r.json"
+    run = bench.Run(bench.parse_args(["--device", "cpu", "--json", str(out)]), torch.device("cpu"))
+    run.device = torch.device("cuda")  # only the section's "is this CUDA?" reads it here
+    run.flops = dict.fromkeys(bench.MODELS, 1e9)
+    bench.measure_compiled(run)
+    assert calls == [(m, b, "default") for b in (256, 32) for m in bench.MODELS]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["path"] for r in rows] == ["ours compiled (default)"] * 4
+    assert [r["images_per_second"] for r in rows] == [2560, 2560, 320, 320]
+    assert all(r["first_step_seconds"] == 30 and r["tflops"] > 0 for r in rows)
