@@ -1,8 +1,16 @@
 # Experiment ladder for small-image classification: download -> prepare -> stats -> train ->
-# evaluate -> report. Settings live in params.yaml; workflow/ladder holds the code every rule runs.
+# evaluate -> report. Settings live in params.yaml; the stages (commands, inputs, outputs, code)
+# in workflow/ladder/stages.py, which these rules read and dvc.yaml is generated from.
 from snakemake.utils import min_version
 
+from ladder import config as ladder_config
+
 min_version("9.0")
+
+
+# Snakemake's own YAML error names neither the file nor the line: check the syntax first.
+with ladder_config.expected_errors_exit():
+    ladder_config.check_syntax("params.yaml")
 
 
 configfile: "params.yaml"

@@ -3,6 +3,7 @@ scratch copy of the workflow to run Snakemake and DVC in."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import io as stdio
@@ -11,7 +12,9 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,43 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+# No test fails for being slow on a busy machine: a bound only stops a runaway (hung) step, at
+# RUNAWAY times what the step takes on an idle 2-core machine, and its message says both.
+RUNAWAY = 10
+
+
+class Deadline:
+    """Poll-loop bound: `check()` fails once `expected` x RUNAWAY seconds have passed."""
+
+    def __init__(self, what: str, expected: float):
+        self.what, self.expected = what, expected
+        self.end = time.monotonic() + RUNAWAY * expected
+
+    @property
+    def seconds(self) -> float:
+        return RUNAWAY * self.expected
+
+    def message(self) -> str:
+        return (
+            f"{self.what}: not done after {self.seconds:.0f} s; it takes about "
+            f"{self.expected:.0f} s on an idle 2-core machine (a hung or runaway job?)"
+        )
+
+    def check(self) -> None:
+        if time.monotonic() > self.end:
+            raise AssertionError(self.message())
+
+
+def finish(proc: subprocess.Popen, what: str, expected: float) -> int:
+    """proc.wait(), bounded like Deadline; kills a runaway process before failing."""
+    bound = Deadline(what, expected)
+    try:
+        return proc.wait(timeout=bound.seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(bound.message()) from None
 
 
 def md5(path: Path) -> str:
@@ -39,11 +79,12 @@ def _jpeg(rng: np.random.Generator, size: int, grey: bool) -> bytes:
 
 
 def make_tinyimagenet_zip(
-    path: Path, classes: int = 4, train: int = 10, val: int = 3, size: int = 16
+    path: Path, classes: int = 4, train: int = 10, val: int = 3, size: int = 16, seed: int = 0
 ) -> Path:
     """tiny-imagenet-200/{wnids.txt, words.txt, train/<wnid>/images/*.JPEG, <wnid>_boxes.txt,
-    val/images/*.JPEG, val/val_annotations.txt, test/images/*.JPEG}; every 4th image grayscale."""
-    rng = np.random.default_rng(0)
+    val/images/*.JPEG, val/val_annotations.txt, test/images/*.JPEG}; every 4th image grayscale.
+    `seed` draws the pixels: another seed, another archive of the same layout."""
+    rng = np.random.default_rng(seed)
     wnids = [f"n{1000 + i:08d}" for i in range(classes)]
     root = "tiny-imagenet-200"
     with zipfile.ZipFile(path, "w") as zf:
@@ -118,14 +159,22 @@ class Server:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
 
 
+@contextlib.contextmanager
+def serving(root: Path) -> Iterator[Server]:
+    s = Server(root)
+    s.root.mkdir(parents=True, exist_ok=True)
+    s.thread.start()
+    try:
+        yield s
+    finally:
+        s.httpd.shutdown()
+        s.httpd.server_close()
+
+
 @pytest.fixture
 def server(tmp_path):
-    s = Server(tmp_path / "www")
-    s.root.mkdir()
-    s.thread.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    with serving(tmp_path / "www") as s:
+        yield s
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,16 +213,21 @@ class Project:
         return env
 
     def run(
-        self, *cmd: str, check: bool = True, timeout: float = 600
+        self, *cmd: str, check: bool = True, expected: float = 60
     ) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            list(cmd),
-            cwd=self.root,
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        """Run `cmd` in the project; `expected`: its seconds on an idle 2-core machine."""
+        bound = Deadline(" ".join(cmd), expected)
+        try:
+            proc = subprocess.run(
+                list(cmd),
+                cwd=self.root,
+                env=self.env(),
+                capture_output=True,
+                text=True,
+                timeout=bound.seconds,
+            )
+        except subprocess.TimeoutExpired:
+            raise AssertionError(bound.message()) from None
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"{' '.join(cmd)} failed ({proc.returncode}):\n"
@@ -181,8 +235,10 @@ class Project:
             )
         return proc
 
-    def snakemake(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.run("snakemake", "--cores", "2", *args, check=check)
+    def snakemake(
+        self, *args: str, check: bool = True, expected: float = 60
+    ) -> subprocess.CompletedProcess:
+        return self.run("snakemake", "--cores", "2", *args, check=check, expected=expected)
 
     def path(self, rel: str) -> Path:
         return self.root / rel

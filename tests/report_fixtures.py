@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from ladder import config, io
+from ladder import config, io, manifest
 
 # a -> b -> c. b: dropout up, blur off, TTA on; c: translation, and log_every beyond an epoch
 # (20 images / batch 4 = 5 steps), so its steps.csv has no rows.
@@ -113,8 +113,9 @@ def _write_run(run: Path, name: str, exp: config.Experiment, results: dict) -> N
         steps.append(f"{step},{epoch},0.01,1.5,{results['train'][epoch - 1] - 0.05}")
     io.write_text(run / "steps.csv", "\n".join(steps) + "\n")
 
-    for e in exp.checkpoint_epochs:
-        io.write_json(run / "eval" / f"epoch_{e:03d}.json", _evaluation(name, e, exp, results))
+    with manifest.folder(run / "eval") as tmp:
+        for e in exp.checkpoint_epochs:
+            io.write_json(tmp / f"epoch_{e:03d}.json", _evaluation(name, e, exp, results))
 
 
 def _evaluation(name: str, epoch: int, exp: config.Experiment, results: dict) -> dict:
@@ -143,13 +144,13 @@ def _evaluation(name: str, epoch: int, exp: config.Experiment, results: dict) ->
 
 
 def _write_data(data: Path) -> None:
-    data.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    np.save(
-        data / "train_x.npy",
-        rng.integers(0, 256, (IMAGES, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),
-    )
-    io.write_json(
-        data / "classes.json",
-        [{"index": i, "id": f"n{i:08d}", "name": label} for i, label in enumerate(CLASSES)],
-    )
+    with manifest.folder(data) as tmp:
+        np.save(
+            tmp / "train_x.npy",
+            rng.integers(0, 256, (IMAGES, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),
+        )
+        io.write_json(
+            tmp / "classes.json",
+            [{"index": i, "id": f"n{i:08d}", "name": label} for i, label in enumerate(CLASSES)],
+        )

@@ -181,3 +181,53 @@ def test_identity_settings_only_rescale():
     x = torch.randint(0, 256, (8, 3, SIZE, SIZE), dtype=torch.uint8)
     assert augment.Augment(settings()).is_identity
     assert torch.equal(ours(x, settings()), x.float() / 255)
+
+
+def reference_pipeline(images: torch.Tensor, s: dict, g: torch.Generator) -> torch.Tensor:
+    """The pipeline as augment.py spelled it out before the op table: the op functions called
+    directly, in the order flip, translate, rotate, blur, solarize."""
+    x = images.float().div_(255)
+    n = len(x)
+    if s["hflip"] > 0:
+        x = augment.hflip(x, s["hflip"], g)
+    if s["translate"]["p"] > 0:
+        t = s["translate"]
+        shift = augment.translate_params(n, x.shape[-1], t["p"], t["max"], g, x.device)
+        x = augment.affine(x, torch.zeros(n), shift)
+    if s["rotate"]["p"] > 0:
+        angle = augment.rotate_params(n, s["rotate"]["p"], s["rotate"]["degrees"], g, x.device)
+        x = augment.affine(x, angle, torch.zeros(n, 2))
+    if s["blur"]["p"] > 0:
+        x = augment.blur(x, s["blur"]["p"], s["blur"]["kernel"], s["blur"]["sigma"], g)
+    if s["solarize"]["p"] > 0:
+        x = augment.solarize(x, s["solarize"]["p"], s["solarize"]["threshold"], g)
+    return x
+
+
+EXACT = {
+    "all": settings(
+        hflip=0.5,
+        translate={"p": 0.7, "max": 0.125},
+        rotate={"p": 0.6, "degrees": 20.0},
+        blur={"p": 0.5, "kernel": 3, "sigma": [0.1, 2.0]},
+        solarize={"p": 0.5, "threshold": 0.4},
+    ),
+    "some": settings(
+        rotate={"p": 1.0, "degrees": 10.0}, blur={"p": 0.3, "kernel": 5, "sigma": 0.7}
+    ),
+    "flip_solarize": settings(hflip=1.0, solarize={"p": 1.0, "threshold": 0.4 / 255}),
+    "none": settings(),
+}
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_pipeline_equals_the_op_functions_in_order_bit_for_bit(name):
+    x = torch.randint(
+        0, 256, (16, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(7)
+    )
+    ours_g, ref_g = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    pipeline = augment.Augment(EXACT[name])
+    for _ in range(2):  # and the generator is left where the reference leaves it
+        assert torch.equal(pipeline(x, ours_g), reference_pipeline(x, EXACT[name], ref_g))
+    assert torch.equal(ours_g.get_state(), ref_g.get_state())
+    assert pipeline.is_identity == (name == "none")

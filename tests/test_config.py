@@ -204,6 +204,22 @@ def test_write_settings_is_byte_identical_for_equal_content(tmp_path):
     assert first == second
 
 
+def test_write_settings_touches_only_changed_files_and_removes_stale_ones(tmp_path):
+    params = tiny_params()
+    config.write_settings(Params.from_dict(params), tmp_path)
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.json")}
+    params["experiments"]["small"]["optimizer"]["lr"] = 0.02
+    del params["experiments"]["small_shift"]
+    written = config.write_settings(Params.from_dict(params), tmp_path)
+    # the selection (all experiments) lost one; small's training settings changed
+    assert written == [tmp_path / "selection.json", tmp_path / "experiments/small/train.json"]
+    assert not (tmp_path / "experiments/small_shift").exists()
+    for path, mtime in mtimes.items():
+        if path.exists() and path not in written:
+            assert path.stat().st_mtime_ns == mtime, path
+    assert config.write_settings(Params.from_dict(params), tmp_path) == []
+
+
 def _walk_schema(node, path="$"):
     if isinstance(node, dict):
         props = node.get("properties")

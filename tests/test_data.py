@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Project, md5, tiny_params
+from conftest import Deadline, Project, md5, tiny_params
 from ladder.data import archive, prepare, stats
 from ladder.data.download import DownloadError, download
 from PIL import Image
@@ -326,23 +326,23 @@ def test_killed_prepare_reruns_to_identical_arrays(tmp_path):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
+        deadline = Deadline("prepare starting", expected=10)
         while not list(killed.path("results/data").glob(".prepared.*.tmp")):
             assert proc.poll() is None, "snakemake ended before prepare was seen"
-            assert time.monotonic() < deadline, "prepare never started"
+            deadline.check()
             time.sleep(0.02)
         time.sleep(0.3)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert not killed.path("results/data/prepared/train_x.npy").exists(), (
+    assert not killed.path("results/data/prepared.manifest.json").exists(), (
         "killed too late to test anything"
     )
 
     killed.snakemake("--unlock")  # a SIGKILL leaves Snakemake's lock behind, as it says
     rerun = killed.snakemake("--rerun-incomplete", *_prepared_targets())
     assert "prepare" in rerun.stdout + rerun.stderr
-    for name in _prepared_targets():
+    for name in _prepared_files():
         assert killed.path(name).read_bytes() == clean.path(name).read_bytes(), name
     assert not list(killed.path("results/data").glob(".*.tmp")), (
         "the killed job's temporaries remain"
@@ -350,6 +350,9 @@ def test_killed_prepare_reruns_to_identical_arrays(tmp_path):
 
 
 def _prepared_targets() -> list[str]:
-    return [
-        f"results/data/prepared/{s}_{a}.npy" for s in ("train", "val", "test") for a in ("x", "y")
-    ]
+    return ["results/data/prepared.manifest.json"]
+
+
+def _prepared_files() -> list[str]:
+    arrays = [f"prepared/{s}_{a}.npy" for s in ("train", "val", "test") for a in ("x", "y")]
+    return [f"results/data/{f}" for f in [*arrays, "prepared.manifest.json"]]

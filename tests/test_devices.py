@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from conftest import Deadline, finish
 from ladder import devices
 
 JOB = textwrap.dedent(
@@ -20,6 +21,12 @@ JOB = textwrap.dedent(
     from ladder import devices
     gpus, per_gpu, hold = sys.argv[1].split(","), int(sys.argv[2]), float(sys.argv[5])
     lease_dir, record = Path(sys.argv[3]), Path(sys.argv[4])
+    if sys.argv[6:] == ["nowait"]:  # a free slot now, or exit 3
+        held = devices._try_lease(gpus, per_gpu, lease_dir)
+        if held is None:
+            sys.exit(3)
+        record.write_text(json.dumps({"gpu": held[0], "start": time.time()}))
+        sys.exit(0)
     with devices.lease(gpus, per_gpu, lease_dir, poll_seconds=0.02) as gpu:
         start = time.time()
         record.write_text(json.dumps({"gpu": gpu, "start": start}))
@@ -29,8 +36,10 @@ JOB = textwrap.dedent(
 )
 
 
-def job(gpus: str, per_gpu: int, lease_dir: Path, record: Path, hold: float) -> subprocess.Popen:
-    args = [gpus, str(per_gpu), str(lease_dir), str(record), str(hold)]
+def job(
+    gpus: str, per_gpu: int, lease_dir: Path, record: Path, hold: float, *flags: str
+) -> subprocess.Popen:
+    args = [gpus, str(per_gpu), str(lease_dir), str(record), str(hold), *flags]
     return subprocess.Popen([sys.executable, "-c", JOB, *args])
 
 
@@ -38,7 +47,7 @@ def test_jobs_never_exceed_their_slots_per_gpu(tmp_path):
     records = [tmp_path / f"job{i}.json" for i in range(10)]
     procs = [job("0,1", 2, tmp_path / "leases", r, hold=0.4) for r in records]
     for p in procs:
-        assert p.wait(timeout=60) == 0
+        assert finish(p, "ten jobs through two GPUs' slots", expected=5) == 0
     spans = [json.loads(r.read_text()) for r in records]
     assert {s["gpu"] for s in spans} == {"0", "1"}
     for gpu in ("0", "1"):
@@ -51,26 +60,27 @@ def test_jobs_never_exceed_their_slots_per_gpu(tmp_path):
 
 def test_a_killed_jobs_slot_is_free_at_once(tmp_path):
     holder = job("0", 1, tmp_path / "leases", tmp_path / "holder.json", hold=60)
-    deadline = time.monotonic() + 30
+    deadline = Deadline("a job taking its slot", expected=3)
     while not (tmp_path / "holder.json").exists():
-        assert time.monotonic() < deadline
+        deadline.check()
         time.sleep(0.02)
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
-    started = time.monotonic()
-    follower = job("0", 1, tmp_path / "leases", tmp_path / "follower.json", hold=0)
-    assert follower.wait(timeout=30) == 0
-    assert time.monotonic() - started < 10  # no waiting for the dead job
+    # "nowait": the follower exits 3 unless a slot is free the moment it asks
+    follower = job("0", 1, tmp_path / "leases", tmp_path / "follower.json", 0, "nowait")
+    assert finish(follower, "a job taking a free slot", expected=3) == 0
     assert json.loads((tmp_path / "follower.json").read_text())["gpu"] == "0"
 
 
 def test_waiting_job_gets_the_slot_when_it_frees(tmp_path):
     first = job("7", 1, tmp_path / "leases", tmp_path / "a.json", hold=0.5)
+    deadline = Deadline("a job taking its slot", expected=3)
     while not (tmp_path / "a.json").exists():
+        deadline.check()
         time.sleep(0.02)
     second = job("7", 1, tmp_path / "leases", tmp_path / "b.json", hold=0)
-    assert first.wait(timeout=30) == 0
-    assert second.wait(timeout=30) == 0
+    assert finish(first, "the first job", expected=3) == 0
+    assert finish(second, "the job waiting for its slot", expected=3) == 0
     a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
     assert b["start"] >= a["end"]
 

@@ -1,326 +1,385 @@
-"""One DAG, two engines: Snakemake and DVC declare the same outputs and inputs, rerun the same
-work after each kind of edit, and hand results to each other.
+"""Two engines, one workspace: what each plans and runs after every kind of edit, handing results
+over in both directions, and never both at once.
 
-Rerun tests use two copies of a small project: one built and kept up to date by Snakemake, one
-by `dvc repro`. After each edit, what `snakemake -n` plans in the first must be what `dvc repro`
-runs in the second. The engines differ in one declared way: Snakemake runs one job per
-settings file, per experiment and per checkpoint, DVC one `configure` stage and one evaluation
-stage per experiment; jobs are compared after mapping them to DVC's stages.
+One project (a Tiny ImageNet-layout archive served on 127.0.0.1, three small experiments) is
+built by Snakemake, handed to DVC with `ladder dvc-commit`, then edited again and again:
+- the change matrix: for every class of params key and a code module of every stage, the jobs
+  Snakemake plans to run first (its dry run's reasons) are the stages `dvc status` finds changed,
+  and both are the expected set; reverting the edit leaves both with nothing to do;
+- full runs: an edit's whole consequence, planned by Snakemake, run by DVC; a dataset edit
+  cascading to everything downstream, and its revert rerunning nothing after the data stages;
+- switching engines and running them together.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
-from dataclasses import dataclass, field
-from pathlib import Path
+import subprocess
+import time
+from collections.abc import Callable
 
 import pytest
-from conftest import REPO, Project
-from ladder.code import CODE
+from conftest import REPO, Project, make_tinyimagenet_zip, md5, serving
+from ladder import stages, workspace
 
 pytestmark = pytest.mark.slow
 
 EXPERIMENTS = {
-    "small": {
+    "root": {
+        "description": "the first rung",
         "model": {"name": "mynet", "blocks": 1, "width": 4},
         "augment": {"hflip": 0.0},
         "optimizer": {"lr": 0.05},
-        "batch_size": 64,
-        "epochs": 1,
-        "log_every": 5,
+        "batch_size": 8,
+        "epochs": 2,
+        "checkpoint_every": 1,
+        "log_every": 2,
     },
-    "small_shift": {"base": "small", "augment": {"translate": {"p": 0.5}}, "tta": {"passes": 2}},
-    "other": {
-        "model": {"name": "mynet", "blocks": 1, "width": 6},
-        "augment": {"hflip": 0.0},
-        "epochs": 1,
-    },
-}
-PARAMS = {
-    "dataset": {"source": "digits", "image_size": 8},
-    "tta": {"passes": 1},
-    "experiments": EXPERIMENTS,
-}
+    "child": {"base": "root", "augment": {"translate": {"p": 0.5}}, "tta": {"passes": 2}},
+    "other": {"model": {"name": "mynet", "blocks": 1, "width": 6}, "augment": {"hflip": 0.0},
+              "batch_size": 8, "epochs": 1},
+}  # fmt: skip
+EXPS = list(EXPERIMENTS)
+
+
+def train_eval(*names: str) -> set[str]:
+    return {f"{s}@{n}" for n in names for s in ("train", "evaluate")}
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading each engine's view
+# Each engine's view
 
 
-@dataclass
-class Job:
-    rule: str
-    wildcards: dict = field(default_factory=dict)
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-
-    @property
-    def stage(self) -> str:
-        """The DVC stage that does this job's work."""
-        if self.rule in ("train", "evaluate"):
-            return f"{self.rule}@{self.wildcards['exp']}"
-        return self.rule
-
-
-def snakemake_plan(project: Project, *args: str) -> list[Job]:
-    """The jobs `snakemake -n` would run, with their files."""
-    out = project.snakemake("-n", *args).stdout
-    jobs, job = [], None
-    for line in out.splitlines():
-        if m := re.match(r"^(?:local)?rule (\w+):$", line):
-            job = Job(m.group(1))
-            jobs.append(job)
-        elif job is not None and (m := re.match(r"^    (input|output|wildcards): (.*)$", line)):
-            key, value = m.groups()
-            items = [v.strip() for v in value.split(", ")]
-            if key == "wildcards":
-                job.wildcards = dict(item.split("=", 1) for item in items)
-            else:
-                setattr(job, f"{key}s", items)
-    return [j for j in jobs if j.rule != "all"]
+def snakemake_plan(project: Project) -> tuple[set[str], set[str]]:
+    """(every job `snakemake -n report` would run, the jobs it would run for a reason of their
+    own rather than because a job before them runs), as DVC stage names."""
+    out = project.snakemake("report", "-n").stdout
+    planned, direct = set(), set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", out):
+        m = re.match(r"(?:local)?rule (\w+):\n", block)
+        if not m:
+            continue
+        exp = re.search(r"^    wildcards: exp=(\S+)$", block, re.M)
+        name = f"{m.group(1)}@{exp.group(1)}" if exp else m.group(1)
+        reason = re.search(r"^    reason: (.*)$", block, re.M).group(1)
+        planned.add(name)
+        if any(r.split(":")[0] != "Input files updated by another job" for r in reason.split("; ")):
+            direct.add(name)
+    return planned, direct
 
 
-def dvc_stages(project: Project) -> dict[str, tuple[set[str], set[str]]]:
-    """DVC stage name -> (file dependencies, outputs), foreach expanded."""
-    from dvc.dependency.param import ParamsDependency
-    from dvc.repo import Repo
-
-    stages = {}
-    with Repo(str(project.root)) as repo:
-        for stage in repo.index.stages:
-            deps = {d.def_path for d in stage.deps if not isinstance(d, ParamsDependency)}
-            stages[stage.name] = (deps, {o.def_path for o in stage.outs})
-    return stages
+def dvc_changed(project: Project) -> set[str]:
+    """Stages `dvc status` finds changed (deps, outputs, or not yet in dvc.lock); configure is
+    left out: it reruns on any params edit and writes only what changed (the other stages'
+    view says what that was)."""
+    status = json.loads(project.run("dvc", "status", "--json").stdout or "{}")
+    return set(status) - {"configure"}
 
 
-def dvc_repro(project: Project) -> set[str]:
+def dvc_repro(project: Project, *targets: str) -> set[str]:
     """Run `dvc repro`; return the stages it really ran (not the ones it found unchanged)."""
-    out = project.run("dvc", "repro", "--no-run-cache").stdout
-    return set(re.findall(r"Running stage '([^']+)'", out))
+    out = project.run("dvc", "repro", *targets).stdout
+    return set(re.findall(r"Running stage '([^']+)'", out)) - {"configure"}
 
 
-def covering(path: str, candidates) -> str | None:
-    """The candidate equal to `path` or the nearest folder above it."""
-    best = None
-    for c in candidates:
-        if (path == c or path.startswith(c.rstrip("/") + "/")) and (
-            best is None or len(c) > len(best)
-        ):
-            best = c
-    return best
+def nothing_to_do(project: Project) -> None:
+    assert snakemake_plan(project)[0] == set(), "Snakemake plans jobs"
+    assert dvc_changed(project) == set(), "DVC finds changed stages"
 
 
-def work(stages) -> set[str]:
-    """Stages that compute something: all but `configure`, which both engines rerun on any edit
-    that changes a settings file (DVC: the one stage; Snakemake: the changed files' jobs)."""
-    return {s for s in stages if s != "configure"}
+def edit(project: Project, change: Callable[[dict], None]) -> dict:
+    """Apply `change` to params.yaml; return the params before, for the revert."""
+    before = project.params
+    params = json.loads(json.dumps(before))
+    change(params)
+    project.write_params(params)
+    return before
 
 
 # ----------------------------------------------------------------------------------------------
-# Fixtures: the same project built by each engine
-
-
-def init_dvc(project: Project) -> None:
-    project.run("git", "init", "-q")
-    project.run("dvc", "init", "-q")
-    shutil.copy2(REPO / ".dvc" / "config", project.path(".dvc/config"))
-
-
-def tree_digests(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name not in (".gitignore", ".snakemake_timestamp")
-    }
+# The project
 
 
 @pytest.fixture(scope="module")
-def by_snakemake(tmp_path_factory) -> Project:
-    project = Project(tmp_path_factory.mktemp("engines") / "snakemake", PARAMS)
-    init_dvc(project)
+def archives(tmp_path_factory):
+    """Two Tiny ImageNet-layout archives of different pixels, served on 127.0.0.1."""
+    www = tmp_path_factory.mktemp("www")
+    with serving(www) as server:
+        zips = {}
+        for name, seed in (("a", 0), ("b", 1)):
+            path = make_tinyimagenet_zip(www / f"{name}.zip", size=8, seed=seed)
+            zips[name] = {"url": server.url(path.name), "md5": md5(path)}
+        yield zips
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """The folder source's inputs: <class>/<image> trees, a training pool and a test set."""
+    from ladder.data.download import write_digits
+
+    root = tmp_path_factory.mktemp("folders")
+    write_digits(root / "digits")
+    return {"path": str(root / "digits"), "test_path": str(root / "digits")}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, archives) -> Project:
+    """Built by Snakemake, in a git repository with DVC initialised."""
+    params = {
+        "dataset": {"source": "tinyimagenet", **archives["a"], "image_size": 8},
+        "tta": {"passes": 1},
+        "experiments": EXPERIMENTS,
+    }
+    project = Project(tmp_path_factory.mktemp("engines") / "p", params)
+    project.run("git", "init", "-q")
+    project.run("dvc", "init", "-q")
+    shutil.copy2(REPO / ".dvc" / "config", project.path(".dvc/config"))  # the shipped cache links
     project.snakemake("report")
     return project
 
 
-@pytest.fixture(scope="module")
-def by_dvc(tmp_path_factory) -> Project:
-    project = Project(tmp_path_factory.mktemp("engines") / "dvc", PARAMS)
-    init_dvc(project)
-    dvc_repro(project)
-    return project
+def commit_to_git(project: Project) -> None:
+    project.run("git", "add", "-A")
+    project.run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "state")
 
 
 # ----------------------------------------------------------------------------------------------
-# The declared DAGs
+# Snakemake -> DVC
 
 
-def test_code_dependencies_are_the_same_in_both_engines():
-    import yaml
-
-    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for stage, files in CODE.items():
-        spec = dvc[stage].get("do", dvc[stage])
-        declared = {d for d in spec["deps"] if d.startswith("workflow/")}
-        assert declared == {f"workflow/ladder/{f}" for f in files}, stage
-
-
-def test_both_engines_declare_the_same_outputs_and_inputs(tmp_path):
-    project = Project(tmp_path / "p", PARAMS)
-    init_dvc(project)
-    jobs = snakemake_plan(project, "--forceall", "report")
-    stages = dvc_stages(project)
-    owner = {out: name for name, (_, outs) in stages.items() for out in outs}
-
-    seen_inputs: dict[str, set[str]] = {name: set() for name in stages}
-    seen_outputs: dict[str, set[str]] = {name: set() for name in stages}
-    for job in jobs:
-        for out in job.outputs:
-            declared = covering(out, owner)
-            assert declared, f"Snakemake rule {job.rule} writes {out}, which no DVC stage declares"
-            stage = owner[declared]
-            assert stage.split("@")[0] == job.rule, f"{out}: rule {job.rule} but DVC stage {stage}"
-            seen_outputs[stage].add(declared)
-            for inp in job.inputs:
-                dep = covering(inp, stages[stage][0])
-                assert dep, f"{job.rule} reads {inp}, which DVC stage {stage} does not depend on"
-                seen_inputs[stage].add(dep)
-    for name, (deps, outs) in stages.items():
-        assert seen_outputs[name] == outs, f"DVC stage {name} has outputs no Snakemake rule makes"
-        # configure resolves params.yaml: DVC tracks the resolver's code, Snakemake the resolved
-        # content of each file (its params), so an edit to the resolver reruns it in both.
-        expected = deps - (
-            {"workflow/ladder/config.py", "workflow/schemas/params.schema.yaml"}
-            if name == "configure"
-            else set()
-        )
-        assert seen_inputs[name] == expected, (
-            f"DVC stage {name}: dependencies differ from Snakemake's inputs"
-        )
-
-
-def test_a_rule_in_one_engine_only_is_caught(tmp_path):
-    project = Project(tmp_path / "p", PARAMS)
-    with project.path("workflow/rules/report.smk").open("a") as f:
-        f.write('\n\nrule extra:\n    input:\n        "results/report/ladder.csv",\n    output:\n'
-                '        "results/extra.txt",\n    shell:\n        "touch {output}"\n')  # fmt: skip
-    init_dvc(project)
-    jobs = snakemake_plan(project, "--forceall", "results/extra.txt")
-    owner = {o: n for n, (_, outs) in dvc_stages(project).items() for o in outs}
-    assert [j.outputs for j in jobs if covering(j.outputs[0], owner) is None] == [
-        ["results/extra.txt"]
-    ]
-
-
-# ----------------------------------------------------------------------------------------------
-# The same files, and handing results over
-
-
-def test_dvc_writes_the_same_files_as_snakemake(by_snakemake, by_dvc):
-    a, b = tree_digests(by_snakemake.path("results")), tree_digests(by_dvc.path("results"))
-    assert sorted(a) == sorted(b)
-    # Deterministic on the CPU: settings, data, weights. (Timings and logs differ.)
-    for name in a:
-        if name.startswith(("configs/", "data/")) or name.endswith(".pt"):
-            assert a[name] == b[name], name
-
-
-def test_snakemake_results_committed_to_dvc_are_up_to_date(by_snakemake):
-    by_snakemake.run("dvc", "commit", "--force")
-    assert "up to date" in by_snakemake.run("dvc", "status").stdout
-    assert dvc_repro(by_snakemake) == set()
-
-
-def test_push_delete_pull_restores_everything(by_snakemake, tmp_path):
-    project = by_snakemake
-    project.run("dvc", "commit", "--force")
-    project.run("dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote"))
-    project.run("dvc", "push")
-    before = tree_digests(project.path("results"))
-    shutil.rmtree(project.path("results"))
-    shutil.rmtree(project.path(".dvc/cache"))
-    project.run("dvc", "pull")
-    after = tree_digests(project.path("results"))
-    assert after == {k: v for k, v in before.items() if k in after}
-    assert set(before) - set(after) == set()
+def test_after_snakemake_ladder_dvc_commit_makes_dvc_up_to_date(project):
+    plain = project.run("dvc", "commit", check=False)  # what the command exists for
+    assert plain.returncode != 0
+    assert "--force" in plain.stderr
+    project.run("ladder", "dvc-commit")
     assert "up to date" in project.run("dvc", "status").stdout
-    assert snakemake_plan(project, "report") == []
+    assert dvc_repro(project) == set()
+    commit_to_git(project)
+
+
+def test_dvc_commit_refuses_results_that_are_not_up_to_date(project):
+    before = edit(project, lambda p: p["experiments"]["other"].update(seed=5))
+    refused = project.run("ladder", "dvc-commit", check=False)
+    assert refused.returncode == 1
+    assert "params.yaml changed since Snakemake last ran" in refused.stderr
+    snakemake_plan(project)  # a dry run: the settings are current, the results are not
+    refused = project.run("ladder", "dvc-commit", check=False)
+    assert refused.returncode == 1
+    assert "Snakemake still has work to do" in refused.stderr
+    assert re.search(r"^  train +1$", refused.stderr, re.M)  # its plan
+    assert "Traceback" not in refused.stderr
+    project.write_params(before)
+    nothing_to_do(project)
+
+
+def test_dvc_reproduces_snakemake_s_bytes(project):
+    files = ["results/data/prepared.manifest.json", "results/experiments/root/checkpoints"]
+
+    def digests() -> dict[str, str]:
+        out = {}
+        for name in files:
+            for p in sorted(project.path(name).rglob("*")) or [project.path(name)]:
+                if p.is_file() and p.name != ".snakemake_timestamp":
+                    out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+        return out
+
+    by_snakemake = digests()
+    project.run("dvc", "repro", "--force", "--single-item", "prepare", "train@root")
+    assert digests() == by_snakemake
+    # The same data and weights: nothing downstream reruns but the report, which shows the new
+    # run's timings (history.csv).
+    assert snakemake_plan(project)[0] == dvc_changed(project) == {"report"}
+    assert dvc_repro(project) == {"report"}
+    nothing_to_do(project)
 
 
 # ----------------------------------------------------------------------------------------------
-# Edits rerun exactly what they affect, in both engines
+# The change matrix: every class of params key, and a code module of every stage
 
 
-def edit(projects, change) -> None:
-    for project in projects:
-        params = project.params
-        change(params)
-        project.write_params(params)
+def dataset(**keys):
+    return lambda p: p["dataset"].update(keys)
 
 
-def compare(by_snakemake: Project, by_dvc: Project) -> tuple[set[str], list[Job]]:
-    jobs = snakemake_plan(by_snakemake, "report")
-    planned = {j.stage for j in jobs}
-    ran = dvc_repro(by_dvc)
-    assert work(planned) == work(ran)
-    assert ("configure" in planned) == ("configure" in ran)
-    by_snakemake.snakemake("report")  # bring the Snakemake copy up to date for the next edit
-    assert snakemake_plan(by_snakemake, "report") == []
-    return work(ran), jobs
+def exp(name, **keys):
+    return lambda p: p["experiments"][name].update(keys)
 
 
-def test_edit_lr_reruns_the_experiment_and_its_descendants(by_snakemake, by_dvc):
-    edit([by_snakemake, by_dvc], lambda p: p["experiments"]["small"]["optimizer"].update(lr=0.02))
-    ran, jobs = compare(by_snakemake, by_dvc)
-    assert ran == {
-        "train@small",
-        "train@small_shift",
-        "evaluate@small",
-        "evaluate@small_shift",
-        "report",
-    }
-    configured = {j.wildcards["name"] for j in jobs if j.rule == "configure"}
-    assert configured == {"experiments/small/train", "experiments/small_shift/train"}
-
-
-def test_edit_tta_passes_reruns_evaluations_and_report(by_snakemake, by_dvc):
-    edit([by_snakemake, by_dvc], lambda p: p["tta"].update(passes=3))
-    ran, _ = compare(by_snakemake, by_dvc)
-    # small_shift sets its own passes: only the experiments that inherit the top-level value
-    assert ran == {"evaluate@small", "evaluate@other", "report"}
-
-
-def test_edit_split_seed_reruns_everything_from_prepare_on(by_snakemake, by_dvc):
-    edit([by_snakemake, by_dvc], lambda p: p["dataset"].update(split_seed=7))
-    ran, _ = compare(by_snakemake, by_dvc)
-    exps = EXPERIMENTS.keys()
-    assert ran == {
-        "prepare",
-        "stats",
-        "report",
-        *(f"{s}@{e}" for s in ("train", "evaluate") for e in exps),
-    }
-
-
-def test_adding_an_experiment_runs_only_its_jobs_and_the_report(by_snakemake, by_dvc):
-    edit(
-        [by_snakemake, by_dvc],
+DATA = {"download"}
+PREPARE = {"prepare"}
+TRAIN = {f"train@{e}" for e in EXPS}
+EVALUATE = {f"evaluate@{e}" for e in EXPS}
+REPORT = {"report"}
+MATRIX: dict[str, tuple[Callable[[dict], None], set[str]]] = {
+    # dataset.*: each key reruns the first stage that reads it; what follows depends on whether
+    # that stage's output changes (the full runs below)
+    "dataset.url+md5": (lambda p: None, DATA),  # filled in by the test: another archive
+    "dataset.val_fraction": (dataset(val_fraction=0.3), PREPARE),
+    "dataset.split_seed": (dataset(split_seed=4), PREPARE),
+    "dataset.image_size": (dataset(image_size=12), PREPARE),
+    # keys that do not apply to the source in use rerun nothing
+    "dataset.path (not this source)": (dataset(path="/elsewhere"), set()),
+    "dataset.test_path (not this source)": (dataset(test_path="/elsewhere"), set()),
+    "dataset.test_fraction (not this source)": (dataset(test_fraction=0.3), set()),
+    # tta: the top level reaches every experiment that does not set the key itself (child sets
+    # its passes); the report reads every experiment's settings files, for its "changes" column
+    "tta.passes": (lambda p: p["tta"].update(passes=3), EVALUATE - {"evaluate@child"} | REPORT),
+    "tta.seed": (lambda p: p["tta"].update(seed=9), EVALUATE | REPORT),
+    "tta.augment": (lambda p: p["tta"].update(augment="flip"), EVALUATE | REPORT),
+    # an experiment's keys, by the stage that reads them
+    "train key, inherited": (exp("root", optimizer={"lr": 0.02}), TRAIN - {"train@other"} | REPORT),
+    "train key, own": (exp("child", seed=3), {"train@child", "report"}),
+    "train key set to its default": (exp("root", seed=0), set()),
+    "evaluate key": (exp("child", tta={"passes": 3}), {"evaluate@child", "report"}),
+    "report keys": (exp("other", description="new words", reference={"test": 50}), {"report"}),
+    "run: a part of the ladder": (lambda p: p.update(run=["child"]), {"report"}),
+    "a new experiment": (
         lambda p: p["experiments"].update(added={"base": "other", "seed": 1}),
-    )
-    ran, _ = compare(by_snakemake, by_dvc)
-    assert ran == {"train@added", "evaluate@added", "report"}
+        {"train@added", "evaluate@added", "report"},
+    ),
+}  # fmt: skip
+CODE_EDITS = {  # a module of every stage: editing it reruns exactly that stage
+    "workflow/ladder/data/download.py": {"download"},
+    "workflow/ladder/data/sources.py": {"prepare"},
+    "workflow/ladder/data/stats.py": {"stats"},
+    "workflow/ladder/optim.py": TRAIN,
+    "workflow/ladder/evaluate.py": EVALUATE,
+    "workflow/ladder/models/mynet.py": TRAIN | EVALUATE,
+    "workflow/ladder/report/figures.py": {"report"},
+    "workflow/schemas/params.schema.yaml": {"report"},
+}
 
 
-def test_a_code_edit_reruns_its_stages_and_can_be_adopted_without_rerunning(by_snakemake, by_dvc):
-    for project in (by_snakemake, by_dvc):
-        with project.path("workflow/ladder/evaluate.py").open("a") as f:
-            f.write("\n# a comment: the code changed, its results did not\n")
-    jobs = snakemake_plan(by_snakemake, "report")
-    experiments = by_snakemake.params["experiments"]
-    assert work({j.stage for j in jobs}) == {f"evaluate@{e}" for e in experiments} | {"report"}
-    # Keep the results: Snakemake marks them up to date, DVC records the new code hash.
-    by_snakemake.snakemake("--touch", "report")
-    assert snakemake_plan(by_snakemake, "report") == []
-    by_dvc.run("dvc", "commit", "--force")
-    assert dvc_repro(by_dvc) == set()
+def downstream(names: set[str], experiments) -> set[str]:
+    """`names` and every stage after them, by the stage table's edges (a stage reads a file
+    another writes) for these experiments."""
+    jobs = {}  # name -> (reads, writes)
+    for stage in stages.STAGES.values():
+        for e in experiments if stage.foreach else [None]:
+            at = (lambda p, e=e: p.replace("{exp}", e)) if e else (lambda p: p)
+            reads = {at(p) for p in stage.deps.values()}
+            reads |= {p.replace("{exp}", x) for x in experiments for p in stage.each_experiment}
+            jobs[f"{stage.name}@{e}" if e else stage.name] = (
+                reads,
+                {at(p) for p in stage.out_paths},
+            )
+    found, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            todo += [n for n, (reads, _) in jobs.items() if reads & jobs[name][1]]
+    return found
+
+
+def check_plans(project: Project, expected: set[str]) -> None:
+    """DVC finds exactly `expected` changed; Snakemake plans those and everything after them,
+    running for a reason of their own (not only because a job before them runs) at most those."""
+    planned, direct = snakemake_plan(project)
+    assert dvc_changed(project) == expected
+    assert direct <= expected
+    assert planned == downstream(expected, project.params["experiments"])
+
+
+@pytest.mark.parametrize("key", MATRIX)
+def test_a_params_edit_reruns_the_same_stages_in_both_engines(project, archives, key):
+    change, expected = MATRIX[key]
+    if key == "dataset.url+md5":
+        change = dataset(**archives["b"])
+    before = edit(project, change)
+    try:
+        check_plans(project, expected)
+    finally:  # reverted; the next edit's exact sets show anything it left behind
+        project.write_params(before)
+
+
+@pytest.mark.parametrize("module", CODE_EDITS)
+def test_a_code_edit_reruns_its_stage_in_both_engines(project, module):
+    path = project.path(module)
+    text = path.read_text()
+    path.write_text(text + "\n# an edit\n")
+    try:
+        check_plans(project, CODE_EDITS[module])
+    finally:
+        path.write_text(text)
+
+
+def test_once_every_edit_is_reverted_neither_engine_has_anything_to_do(project):
+    nothing_to_do(project)
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole runs
+
+
+def test_an_edit_runs_its_whole_consequence_in_both_engines(project):
+    edit(project, exp("root", optimizer={"lr": 0.02}))
+    planned, _ = snakemake_plan(project)
+    expected = train_eval("root", "child") | {"report"}
+    assert planned == expected
+    assert dvc_repro(project) == expected
+    nothing_to_do(project)  # Snakemake takes DVC's results as they are
+
+
+def test_a_dataset_edit_cascades_and_its_revert_reruns_nothing_after_the_data(project):
+    before = edit(project, dataset(split_seed=4))
+    planned, _ = snakemake_plan(project)
+    everything = {"prepare", "stats", "report", *train_eval(*EXPS)}
+    assert planned == everything
+    assert dvc_repro(project, "stats") == {"prepare", "stats"}
+    assert dvc_changed(project) == everything - {"prepare", "stats"}
+    # Back to the old seed: the data come back byte for byte, and so nothing else runs.
+    project.write_params(before)
+    assert dvc_repro(project, "stats") == {"prepare", "stats"}
+    nothing_to_do(project)
+
+
+# ----------------------------------------------------------------------------------------------
+# Two engines at once
+
+
+def wait_until(condition: Callable[[], bool], what: str, proc: subprocess.Popen) -> None:
+    """Poll until `condition`; fail if `proc` ends first. No fixed deadline: the engines' own
+    runs bound it (seconds here)."""
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"{what}: never happened; the run ended:\n{proc.stdout.read()}")
+        time.sleep(0.05)
+
+
+def background(project: Project, *cmd: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        list(cmd), cwd=project.root, env=project.env(), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def test_dvc_started_while_snakemake_runs_stops_and_loses_nothing(project):
+    edit(project, exp("other", seed=2))
+    with background(project, "snakemake", "--cores", "1", "report") as snakemake:
+        # Held from Snakemake's start of execution to its end (three jobs here: seconds).
+        lock = project.path(workspace.SNAKEMAKE_LOCK)
+        wait_until(lambda: workspace._is_locked(lock), "Snakemake executing", snakemake)
+        refused = project.run("dvc", "repro", check=False)
+        assert snakemake.wait() == 0, snakemake.stdout.read()
+    assert refused.returncode != 0
+    assert "Snakemake is running in this workspace" in refused.stdout + refused.stderr
+    assert snakemake_plan(project)[0] == set()  # Snakemake's results are whole
+    project.run("ladder", "dvc-commit")
+    nothing_to_do(project)
+    commit_to_git(project)
+
+
+def test_snakemake_started_while_dvc_runs_stops_and_switching_back_is_free(project):
+    with background(project, "dvc", "exp", "run", "-S", "tta.passes=2") as dvc:
+        wait_until(lambda: workspace._dvc_processes(project.root), "DVC running", dvc)
+        refused = project.snakemake("report", "-n", check=False)
+        assert dvc.wait() == 0, dvc.stdout.read()
+    assert refused.returncode != 0
+    assert "DVC is running in this workspace" in refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stdout + refused.stderr
+    assert "passes: 2" in project.path("params.yaml").read_text()
+    nothing_to_do(project)  # after `dvc exp run`, Snakemake has nothing to do

@@ -19,13 +19,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from conftest import Project, tiny_params
+from conftest import Deadline, Project, tiny_params
 
 CONF_TEMPLATE = Path(__file__).resolve().parent / "slurm" / "slurm.conf"
 SETUP = "run `make system-deps` as root (it installs Debian's slurm-wlm and munge)"
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sinfo", "squeue", "scancel", "sbatch", "srun")
 
-# SLURM jobs of the tiny DAG with one epoch per experiment; configure is a localrule.
+# SLURM jobs of the tiny DAG with one epoch per experiment (settings are written on load).
 EXPECTED_JOBS = {"download": 1, "prepare": 1, "stats": 1, "train": 2, "evaluate": 2, "report": 1}
 
 # profiles/slurm, with what this cluster lacks overridden. The target comes first: each of these
@@ -71,11 +71,10 @@ def free_ports(n: int) -> list[int]:
         return [s.getsockname()[1] for s in sockets]
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
+def wait_for(condition: Callable[[], bool], what: str, expected: float = 6) -> None:
+    deadline = Deadline(what, expected)
     while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout} s for {what}")
+        deadline.check()
         time.sleep(0.2)
 
 
@@ -88,7 +87,13 @@ def alive(pid: int) -> bool:
 
 
 def run(*cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    bound = Deadline(" ".join(cmd), expected=6)
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=bound.seconds, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError(bound.message()) from None
 
 
 class Cluster:
@@ -213,7 +218,6 @@ def planned_gpus(dry_run: str) -> dict[str, set[int]]:
 def test_the_slurm_profile_asks_for_gpus_for_training_and_evaluation_only(project):
     proc = project.snakemake("report", "-n", "--profile", "profiles/slurm")
     assert planned_gpus(proc.stdout + proc.stderr) == {
-        "configure": {0},
         "download": {0},
         "prepare": {0},
         "stats": {0},

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BIN
-from ladder import config, train
+from conftest import BIN, Deadline
+from ladder import config, manifest, train, workspace
 from ladder.data import prepare, stats
 from ladder.data.download import download
 
@@ -32,7 +32,7 @@ def digits(tmp_path_factory) -> Path:
         "image_size": 16,
     }
     prepare.prepare(root / "raw", root / "prepared", settings, workers=2)
-    stats.write(root / "prepared" / "train_x.npy", root / "stats.json")
+    stats.write(root / "prepared", root / "stats.json")
     return root
 
 
@@ -77,7 +77,8 @@ def test_digits_learns_and_writes_every_output(digits, tmp_path):
     assert cfg["settings"] == s
     assert cfg["checkpoint_epochs"] == [1, 2]
     assert cfg["normalization"]["mean"] == json.loads((digits / "stats.json").read_text())["mean"]
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+    assert sorted(manifest.read(out / "checkpoints")["files"]) == ["epoch_001.pt", "epoch_002.pt"]
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == [
         "epoch_001.pt",
         "epoch_002.pt",
     ]
@@ -102,7 +103,7 @@ def test_ema_weights_are_what_is_validated_and_saved(digits, tmp_path):
 
 def test_checkpoint_every_and_the_last_epoch(digits, tmp_path):
     out = run(digits, tmp_path, settings(epochs=5, checkpoint_every=2, batch_size=128))
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == [
         "epoch_002.pt",
         "epoch_004.pt",
         "epoch_005.pt",
@@ -126,6 +127,44 @@ def test_a_changed_experiment_never_resumes_a_stale_state(digits, tmp_path):
     (stale / "state.pt").write_bytes(b"from an older version of the settings")
     run(digits, tmp_path, s)
     assert not stale.exists()
+
+
+def _state_dir(digits: Path, tmp: Path, s: dict) -> Path:
+    identity = train.run_identity("x", s, digits / "prepared", digits / "stats.json")
+    return tmp / "resume" / "x" / config.fingerprint(identity)
+
+
+@pytest.mark.parametrize("damage", ["truncated state", "checkpoint differs"])
+def test_a_resume_state_that_cannot_be_trusted_is_discarded(digits, tmp_path, caplog, damage):
+    s = settings(epochs=2, batch_size=128)
+    reference = run(digits, tmp_path / "reference", s)
+    # A state saved after epoch 1 (as a run killed in epoch 2 leaves it), then damaged.
+    state_dir = _state_dir(digits, tmp_path, s)
+    one_epoch = run(digits, tmp_path / "one", settings(epochs=1, batch_size=128))
+    checkpoint = state_dir / "checkpoints" / "epoch_001.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes((one_epoch / "checkpoints" / "epoch_001.pt").read_bytes())
+    progress = train.Progress(epoch=1, checkpoints={"epoch_001.pt": "0" * 32})
+    torch.save({"progress": progress.__dict__}, state_dir / "state.pt")
+    if damage == "truncated state":
+        (state_dir / "state.pt").write_bytes((state_dir / "state.pt").read_bytes()[:50])
+    with caplog.at_level("WARNING", logger="ladder.train"):
+        out = run(digits, tmp_path, s)
+    assert f"discarding resume state {state_dir}" in caplog.text
+    assert (
+        read_csv(out / "history.csv")[0]["train_loss"]
+        == (read_csv(reference / "history.csv")[0]["train_loss"])
+    )  # trained from the start, not from the damaged state
+
+
+def test_a_second_run_of_the_same_experiment_is_refused_while_the_first_holds_it(digits, tmp_path):
+    with (
+        workspace.experiment_lock(tmp_path / "resume", "x"),
+        pytest.raises(workspace.WorkspaceBusy, match=r"experiment x is being trained by"),
+    ):
+        run(digits, tmp_path, settings(epochs=1, batch_size=128))
+    assert not (tmp_path / "runs" / "x").exists()
+    run(digits, tmp_path, settings(epochs=1, batch_size=128))  # free again
 
 
 def _train_cmd(digits: Path, tmp: Path, settings_file: Path) -> list[str]:
@@ -156,14 +195,14 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(digits, tmp_p
         _train_cmd(digits, killed, settings_file), stderr=subprocess.PIPE, text=True
     )
     state = next(iter((killed / "resume" / "x").glob("*")), None)
-    deadline = time.monotonic() + 120
+    deadline = Deadline("the first epoch", expected=10)
     while (
         state is None
         or not (state / "checkpoints" / "epoch_001.pt").exists()
         or not (state / "state.pt").exists()
     ):
         assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline
+        deadline.check()
         time.sleep(0.01)
         state = next(iter((killed / "resume" / "x").glob("*")), None)
     time.sleep(0.05)  # into epoch 2

@@ -5,8 +5,9 @@ whole batch; here every image draws its own, from the same distributions as the 
 transform named in each function (tests/test_augment.py compares them statistically). Images
 enter as uint8 NCHW and leave as float32 in [0, 1]; `Normalize` follows.
 
-Order, as in the seed's pipelines: flip, translate, rotate, blur, solarize; each a separate
-resampling like the torchvision transforms they stand for.
+The ops and their order (as in the seed's pipelines: flip, translate, rotate, blur, solarize) are
+ladder.augment_registry's; each is a separate resampling like the torchvision transform it stands
+for.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from ladder import augment_registry
 
 # ----------------------------------------------------------------------------------------------
 # Single operations. Each takes a float batch (N, C, H, W) in [0, 1] and a generator on its device.
@@ -96,6 +99,35 @@ def solarize(x: torch.Tensor, p: float, threshold: float, g: torch.Generator) ->
 
 
 # ----------------------------------------------------------------------------------------------
+# The ops as the pipeline calls them: a batch, the op's setting (`augment.<op>`), the generator.
+# ladder.augment_registry names them, in the order they apply.
+
+
+def apply_hflip(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    return hflip(x, p, g)
+
+
+def apply_translate(x: torch.Tensor, s: dict, g: torch.Generator) -> torch.Tensor:
+    n = len(x)
+    shift = translate_params(n, x.shape[-1], s["p"], s["max"], g, x.device)
+    return affine(x, torch.zeros(n, device=x.device), shift)
+
+
+def apply_rotate(x: torch.Tensor, s: dict, g: torch.Generator) -> torch.Tensor:
+    n = len(x)
+    angle = rotate_params(n, s["p"], s["degrees"], g, x.device)
+    return affine(x, angle, torch.zeros(n, 2, device=x.device))
+
+
+def apply_blur(x: torch.Tensor, s: dict, g: torch.Generator) -> torch.Tensor:
+    return blur(x, s["p"], s["kernel"], s["sigma"], g)
+
+
+def apply_solarize(x: torch.Tensor, s: dict, g: torch.Generator) -> torch.Tensor:
+    return solarize(x, s["p"], s["threshold"], g)
+
+
+# ----------------------------------------------------------------------------------------------
 # Pipelines
 
 
@@ -104,33 +136,22 @@ class Augment:
 
     def __init__(self, settings: dict):
         self.settings = settings
+        # The ops that are on, in the registry's order; each a separate resampling.
+        self.ops = [
+            (op.function(), settings[op.name])
+            for op in augment_registry.OPS
+            if op.probability(settings) > 0
+        ]
 
     @property
     def is_identity(self) -> bool:
-        s = self.settings
-        return s["hflip"] == 0 and all(
-            s[op]["p"] == 0 for op in ("translate", "rotate", "blur", "solarize")
-        )
+        return not self.ops
 
     def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float32 in [0, 1], every image with its own random draw."""
-        s = self.settings
         x = images.float().div_(255)
-        if s["hflip"] > 0:
-            x = hflip(x, s["hflip"], g)
-        n, device = len(x), x.device
-        if s["translate"]["p"] > 0:
-            t = s["translate"]
-            shift = translate_params(n, x.shape[-1], t["p"], t["max"], g, device)
-            x = affine(x, torch.zeros(n, device=device), shift)
-        if s["rotate"]["p"] > 0:
-            r = s["rotate"]
-            angle = rotate_params(n, r["p"], r["degrees"], g, device)
-            x = affine(x, angle, torch.zeros(n, 2, device=device))
-        if s["blur"]["p"] > 0:
-            x = blur(x, s["blur"]["p"], s["blur"]["kernel"], s["blur"]["sigma"], g)
-        if s["solarize"]["p"] > 0:
-            x = solarize(x, s["solarize"]["p"], s["solarize"]["threshold"], g)
+        for apply, setting in self.ops:
+            x = apply(x, setting, g)
         return x
 
 

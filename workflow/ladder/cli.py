@@ -7,13 +7,15 @@ the JSON files `ladder configure` writes (results/configs/), never from params.y
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import resource
+import socket
 import sys
+import time
 from pathlib import Path
 
-from ladder import devices
+from ladder import devices, stages, workspace
 
 log = logging.getLogger("ladder")
 
@@ -23,14 +25,21 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, Runtime
 
 
 def _configure(args: argparse.Namespace) -> None:
-    from ladder import config, io
+    from ladder import config
 
-    if args.json is not None:  # Snakemake: one file, already resolved by ladder.config in the rule
-        io.write_json(args.out, json.loads(args.json))
-        return
     params = config.load(args.params)
-    for path in config.write_settings(params, args.out_dir):
-        log.info("wrote %s", path)
+    written = config.write_settings(params, args.out_dir)
+    log.info("%d settings file(s) changed in %s", len(written), args.out_dir)
+
+
+def _dvc_yaml(args: argparse.Namespace) -> None:
+    sys.stdout.write(stages.dvc_yaml())
+
+
+def _dvc_commit(args: argparse.Namespace) -> None:
+    from ladder import engines
+
+    engines.dvc_commit()
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -50,7 +59,7 @@ def _prepare(args: argparse.Namespace) -> None:
 def _stats(args: argparse.Namespace) -> None:
     from ladder.data import stats
 
-    log.info("stats %s", stats.write(args.train_x, args.out))
+    log.info("stats %s", stats.write(args.data, args.out))
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -81,9 +90,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     with devices.job_device(args.device, args.jobs_per_gpu, args.lease_dir) as device:
         from ladder.evaluate import evaluate_run
 
-        evaluate_run(
-            args.run, tta, args.data, epochs=args.epoch, device=device, threads=args.threads
-        )
+        evaluate_run(args.run, tta, args.data, args.cache_dir, device=device, threads=args.threads)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -104,14 +111,19 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("configure", help="write the resolved settings files each stage reads")
-    src = c.add_mutually_exclusive_group(required=True)
-    src.add_argument(
-        "--params", type=Path, help="params.yaml to resolve (writes every settings file)"
-    )
-    src.add_argument("--json", help="one already-resolved settings object (with --out)")
-    c.add_argument("--out-dir", type=Path, default=Path("results/configs"))
-    c.add_argument("--out", type=Path, help="the file to write with --json")
+    c.add_argument("--params", type=Path, required=True, help="params.yaml to resolve")
+    c.add_argument("--out-dir", type=Path, required=True, help="results/configs")
     c.set_defaults(func=_configure)
+
+    y = sub.add_parser("dvc-yaml", help="print dvc.yaml, generated from the stage table")
+    y.set_defaults(func=_dvc_yaml)
+
+    dc = sub.add_parser(
+        "dvc-commit",
+        help="after a Snakemake run: check that its results are current, then record them in "
+        "dvc.lock",
+    )
+    dc.set_defaults(func=_dvc_commit)
 
     d = sub.add_parser("download", help="fetch or import the raw dataset")
     d.add_argument("--settings", type=Path, required=True, help="results/configs/download.json")
@@ -129,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_prepare)
 
     s = sub.add_parser("stats", help="per-channel mean/std of the train split")
-    s.add_argument("--train-x", type=Path, required=True)
+    s.add_argument("--data", type=Path, required=True, help="results/data/prepared")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=_stats)
 
@@ -161,7 +173,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--data", type=Path, required=True, help="results/data/prepared")
     t.add_argument("--stats", type=Path, required=True, help="results/data/stats.json")
     t.add_argument("--out", type=Path, required=True, help="results/experiments/<exp>")
-    t.add_argument("--resume-dir", type=Path, default=Path("results/resume"))
+    t.add_argument("--resume-dir", type=Path, default=Path(stages.RESUME))
     t.add_argument(
         "--compile",
         default=os.environ.get("LADDER_COMPILE", "none"),
@@ -181,7 +193,10 @@ def parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--data", type=Path, required=True, help="results/data/prepared")
     e.add_argument(
-        "--epoch", type=int, action="append", help="epoch(s) to evaluate (default: all checkpoints)"
+        "--cache-dir",
+        type=Path,
+        default=Path(stages.CACHE) / "evaluate",
+        help="results of checkpoints evaluated before, by content",
     )
     e.set_defaults(func=_evaluate)
 
@@ -196,10 +211,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(logfile: Path | None) -> None:
+    """Log to stderr and, appending, to `logfile`: a resumed run keeps the killed session's
+    lines above its own."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if logfile is not None:
         logfile.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(logfile, mode="w"))
+        handlers.append(logging.FileHandler(logfile, mode="a"))
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -208,10 +225,29 @@ def setup_logging(logfile: Path | None) -> None:
     )
 
 
+def _usage() -> str:
+    """This process's (and its children's) CPU time and peak memory, for the log: what a
+    scheduler's benchmark file would hold, under either engine."""
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    peak_mb = max(own.ru_maxrss, kids.ru_maxrss) / 1024  # kB on Linux
+    return f"{cpu:.1f} CPU-s, peak RSS {peak_mb:.0f} MB"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.log)
+    stage = args.command in stages.STAGES  # run by an engine
+    started = time.perf_counter()
+    if stage:
+        argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+        log.info("==== ladder %s (pid %d on %s)", argv_text, os.getpid(), socket.gethostname())
     try:
+        if stage:
+            workspace.check_engine()
         args.func(args)
     except EXPECTED_ERRORS as e:
         if os.environ.get("LADDER_DEBUG"):
@@ -222,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         log.exception("ladder %s failed", args.command)
         return 1
+    if stage:
+        log.info("done in %.1f s, %s", time.perf_counter() - started, _usage())
     return 0
 
 

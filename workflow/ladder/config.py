@@ -2,16 +2,18 @@
 
 This is the one place settings are interpreted. Snakemake (workflow/rules/common.smk), the DVC
 `configure` stage and the tests all go through `Params`, so both engines see the same resolution.
-Stages never read params.yaml themselves: they read the small JSON files `write_settings` makes.
+Stages never read params.yaml themselves: they read the small JSON files `write_settings` keeps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,6 +24,9 @@ import jsonschema
 import yaml
 
 from ladder import io
+from ladder.augment_registry import OPS
+from ladder.data.registry import SOURCES
+from ladder.model_registry import MODELS
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "params.schema.yaml"
 
@@ -31,14 +36,11 @@ OWN_KEYS = ("base", "description", "reference")
 EVAL_KEYS = ("tta",)
 
 # Settings that only mean something for one choice of `name`: they are dropped from the resolved
-# settings otherwise, so inheriting (or editing) an irrelevant key never causes a rerun.
+# settings otherwise, so inheriting (or editing) an irrelevant key never causes a rerun. A model's
+# come from its registry entry.
 _WARMUP = ("warmup_epochs", "warmup_start")
 RELEVANT: dict[str, dict[str, tuple[str, ...]]] = {
-    "model": {
-        "mynet": ("blocks", "width", "dropout"),
-        "resnet18": ("unstride", "maxpool", "dropout", "shakedrop"),
-        "efficientnet_v2_s": ("unstride", "dropout", "shakedrop"),
-    },
+    "model": {name: model.settings for name, model in MODELS.items()},
     "optimizer": {
         "sgd": ("lr", "momentum", "nesterov", "weight_decay"),
         "adamw": ("lr", "weight_decay", "betas"),
@@ -52,12 +54,6 @@ RELEVANT: dict[str, dict[str, tuple[str, ...]]] = {
         "onecycle": ("pct_start",),
     },
 }
-# Stages that exist per architecture, for ShakeDrop and for unstride sanity.
-SHAKEDROP_STAGES = {"resnet18": range(1, 5), "efficientnet_v2_s": range(1, 7)}
-# resnet18's stride-2 convs come in pairs (conv + its shortcut) after the stem: unstriding an odd
-# count after the stem would give the two branches of a block different shapes.
-RESNET_UNSTRIDE = (0, 1, 3, 5, 7)
-EFFICIENTNET_STRIDED_CONVS = 5
 
 
 class ConfigError(ValueError):
@@ -87,17 +83,44 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load(path: str | Path) -> Params:
-    """Read and resolve a params file; every error names the file."""
-    path = Path(path)
+def _read_yaml(path: Path) -> Any:
+    """Parse a params file; every error names the file (and the line, for syntax errors)."""
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}: {where}not valid YAML ({problem})") from None
+
+
+@contextlib.contextmanager
+def expected_errors_exit() -> Iterator[None]:
+    """For code Snakemake runs as it loads the workflow: an expected error (bad params, another
+    engine at work) prints its message alone and exits 1, instead of Snakemake's traceback."""
+    try:
+        yield
+    except (ConfigError, RuntimeError, OSError) as e:
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def check_syntax(path: str | Path) -> None:
+    """Raise ConfigError (file, line, column) if `path` is not valid YAML; a missing file is
+    left for the caller to report."""
+    path = Path(path)
+    if path.exists():
+        _read_yaml(path)
+
+
+def load(path: str | Path) -> Params:
+    """Read and resolve a params file; every error names the file."""
+    path = Path(path)
+    raw = _read_yaml(path)
     return Params.from_dict(raw or {}, source=str(path))
 
 
@@ -246,13 +269,12 @@ class Params:
     # -- what each stage reads ------------------------------------------------------------
     def download_settings(self) -> dict:
         d = self.dataset
-        keep = {"tinyimagenet": ("url", "md5"), "folder": ("path", "test_path"), "digits": ()}
-        return {"source": d["source"], **{k: d[k] for k in keep[d["source"]]}}
+        return {"source": d["source"], **{k: d[k] for k in SOURCES[d["source"]].reads}}
 
     def prepare_settings(self) -> dict:
         d = self.dataset
         keys = ["source", "val_fraction", "split_seed", "image_size"]
-        if d["source"] == "digits" or (d["source"] == "folder" and not d["test_path"]):
+        if not SOURCES[d["source"]].own_test_set(d):
             keys.append("test_fraction")
         return {k: d[k] for k in keys}
 
@@ -361,9 +383,9 @@ def _prune(train: dict, own: Mapping, where: str) -> dict:
         schedule["t_max"] = train["epochs"]
     if schedule.get("warmup_epochs", 1) == 0:
         schedule.pop("warmup_start", None)
-    for op in ("translate", "rotate", "blur", "solarize"):
-        if train["augment"][op]["p"] == 0:
-            train["augment"][op] = {"p": 0.0}
+    for op in OPS:
+        if not op.bare and op.probability(train["augment"]) == 0:
+            train["augment"][op.name] = {"p": 0.0}
     shakedrop = train["model"].get("shakedrop")
     if shakedrop is not None and shakedrop["p_drop"] == 0:
         train["model"]["shakedrop"] = {"p_drop": 0.0}
@@ -373,25 +395,7 @@ def _prune(train: dict, own: Mapping, where: str) -> dict:
 def _check(train: dict, where: str) -> None:
     """Rules across keys that JSON Schema cannot say clearly."""
     model, schedule, epochs = train["model"], train["schedule"], train["epochs"]
-    name = model["name"]
-    if name == "resnet18" and model["unstride"] not in RESNET_UNSTRIDE:
-        raise ConfigError(
-            f"{where}.model.unstride: {model['unstride']} would split a residual block's two "
-            f"branches; resnet18 allows {', '.join(map(str, RESNET_UNSTRIDE))}"
-        )
-    if name == "efficientnet_v2_s" and model["unstride"] > EFFICIENTNET_STRIDED_CONVS:
-        raise ConfigError(
-            f"{where}.model.unstride: efficientnet_v2_s has only 5 stride-2 convolutions"
-        )
-    shakedrop = model.get("shakedrop", {})
-    if shakedrop.get("p_drop", 0) > 0:
-        valid = SHAKEDROP_STAGES[name]
-        bad = [s for s in shakedrop["stages"] if s not in valid]
-        if bad or not shakedrop["stages"]:
-            raise ConfigError(
-                f"{where}.model.shakedrop.stages: {shakedrop['stages']} - {name} has stages "
-                f"{valid.start}..{valid.stop - 1}"
-            )
+    _check_model(model, where)
     milestones = schedule.get("milestones", [])
     if schedule["name"] == "multistep":
         if not milestones:
@@ -417,14 +421,55 @@ def _check(train: dict, where: str) -> None:
         raise ConfigError(f"{where}.augment.blur.sigma: [min, max] with min <= max, got {sigma}")
 
 
-def write_settings(params: Params, out_dir: str | Path, only: str | None = None) -> list[Path]:
-    """Write the settings files (all, or the one named `only`) atomically; return their paths."""
-    files = params.settings_files() if only is None else {only: params.settings(only)}
+def _check_model(model: dict, where: str) -> None:
+    """The values the model's registry entry allows (`model.*` keys it reads)."""
+    name = model["name"]
+    entry = MODELS[name]
+    unstride = model.get("unstride")
+    if unstride is not None and unstride not in entry.unstride:
+        raise ConfigError(
+            f"{where}.model.unstride: {unstride} {entry.unstride_refusal}; {name} allows "
+            f"{_values(entry.unstride)}"
+        )
+    shakedrop = model.get("shakedrop", {})
+    if shakedrop.get("p_drop", 0) > 0:
+        valid = entry.shakedrop_stages
+        bad = [s for s in shakedrop["stages"] if s not in valid]
+        if bad or not shakedrop["stages"]:
+            raise ConfigError(
+                f"{where}.model.shakedrop.stages: {shakedrop['stages']} - {name} has stages "
+                f"{_values(valid)}"
+            )
+
+
+def _values(values) -> str:
+    """`1..6` for a run of whole numbers, else `0, 1, 3`."""
+    values = list(values)
+    if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}..{values[-1]}"
+    return ", ".join(map(str, values))
+
+
+def write_settings(params: Params, out_dir: str | Path) -> list[Path]:
+    """Make `out_dir` hold exactly the settings files of `params`; return the files written.
+
+    A file is rewritten only when its content changes, and files of experiments no longer in
+    params are removed: a settings file's timestamp moves only with its content, so an engine
+    that compares timestamps (Snakemake, after another engine ran) sees exactly what changed."""
+    out_dir = Path(out_dir)
+    files = params.settings_files()
     written = []
     for rel, content in files.items():
-        path = Path(out_dir) / rel
-        io.write_json(path, content)
-        written.append(path)
+        path = out_dir / rel
+        if io.write_json_if_changed(path, content):
+            written.append(path)
+    if out_dir.is_dir():
+        for path in sorted(out_dir.rglob("*"), reverse=True):  # files before their folders
+            rel = path.relative_to(out_dir).as_posix()
+            if path.is_file() and rel not in files:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
     return written
 
 

@@ -1,12 +1,21 @@
-"""`ladder evaluate`: a checkpoint's val and test accuracy, with and without test-time augmentation.
+"""`ladder evaluate`: an experiment's checkpoints on val and test, with and without test-time
+augmentation, one process for all of them.
 
 TTA (the seed's method): N passes of the experiment's own training augmentations over the test
 set; each pass votes for its top class, the class with most votes wins, and a tie is broken by
 the summed probabilities. The mean-probability variant (argmax of the average) is reported too.
+
+Each checkpoint's result is kept in results/cache/evaluate/<exp>/<key>.json, the key a
+fingerprint of everything it depends on (the checkpoint's digest, the TTA settings, the model and
+augmentation settings, the val/test data, the evaluation code). A rerun evaluates only the
+checkpoints whose key is new: one new checkpoint does not redo the other 59, and a killed job
+picks up where it stopped. The declared output, <run>/eval/ with one epoch_NNN.json per
+checkpoint and its manifest, is rebuilt from those results every time.
 """
 
 from __future__ import annotations
 
+import io as stdio
 import logging
 import pickle
 import time
@@ -16,28 +25,44 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ladder import augment, devices, io, models
+from ladder import augment, config, devices, io, manifest, models, stages
 from ladder.inference import predict
 from ladder.loader import DeviceSplit
 
 log = logging.getLogger(__name__)
+
+# The prepared files an evaluation reads.
+EVAL_INPUTS = ("val_x.npy", "val_y.npy", "test_x.npy", "test_y.npy", "classes.json")
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, truncated, or not a plain dict of tensors."""
 
 
-def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+def load_checkpoint(path: str | Path, manifest_of: dict | None = None) -> dict[str, torch.Tensor]:
     """Load weights with weights_only=True: a checkpoint holding anything but tensors is refused,
-    never unpickled into live objects."""
+    never unpickled into live objects. With `manifest_of` (the checkpoints folder's manifest) the
+    bytes must also match the digest training recorded."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found") from None
+    if manifest_of is not None:
+        manifest.check_bytes(path.parent, path.name, data, manifest_of)
+    if not zipfile.is_zipfile(stdio.BytesIO(data)):
         raise CheckpointError(
-            f"{path}: refused - not a plain tensor dict (weights_only=True): {e}"
+            f"{path}: corrupt or truncated - not a PyTorch checkpoint archive "
+            f"({len(data)} bytes); rerun the training that writes it"
+        )
+    try:
+        state = torch.load(stdio.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # PyTorch's message suggests weights_only=False: wrong advice for a file that carries
+        # code, so it is not repeated.
+        raise CheckpointError(
+            f"{path}: refused - it holds Python objects besides tensors, which could run code "
+            "when loaded; checkpoints written by `ladder train` never do (do not load this file)"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({e})") from None
@@ -140,17 +165,65 @@ def evaluate_run(
     run: str | Path,
     tta: dict,
     data: str | Path,
-    epochs: list[int] | None = None,
+    cache_root: str | Path,
     device: str = "auto",
     threads: int | None = None,
 ) -> list[Path]:
-    """Evaluate a training run's checkpoints (all, or `epochs`) into <run>/eval/epoch_NNN.json."""
+    """Evaluate every checkpoint of a training run into <run>/eval/epoch_NNN.json."""
     run, data = Path(run), Path(data)
+    run_config = io.read_json(run / "config.json")
+    checkpoints = manifest.read(run / "checkpoints")
+    prepared = manifest.read(data)["files"]
+    cache = Path(cache_root) / run_config["experiment"]
+    base = {
+        "tta": tta,
+        "run": {k: run_config[k] for k in ("settings", "normalization", "num_classes",
+                                           "image_size")},
+        "data": {f: prepared[f]["digest"] for f in EVAL_INPUTS},
+        "code_version": stages.version("evaluate"),
+    }  # fmt: skip
+    keys = {}
+    for epoch in run_config["checkpoint_epochs"]:
+        file = f"epoch_{epoch:03d}.pt"
+        if file not in checkpoints["files"]:
+            raise CheckpointError(f"{run / 'checkpoints' / file}: not in {run}/checkpoints")
+        keys[epoch] = config.fingerprint({**base, "checkpoint": checkpoints["files"][file]})
+
+    results = {e: _cached(cache / f"{k}.json") for e, k in keys.items()}
+    todo = [e for e, result in results.items() if result is None]
+    log.info(
+        "%s: %d checkpoint(s), %d evaluated before", run_config["experiment"], len(keys),
+        len(keys) - len(todo),
+    )  # fmt: skip
+    if todo:
+        for epoch, result in _evaluate_checkpoints(run, run_config, checkpoints, tta, data,
+                                                   todo, device, threads):  # fmt: skip
+            io.write_json(cache / f"{keys[epoch]}.json", result)
+            results[epoch] = result
+    for stale in cache.glob("*.json"):  # keep the cache to what the run has now
+        if stale.stem not in set(keys.values()):
+            stale.unlink()
+
+    written = []
+    with manifest.folder(run / "eval") as tmp:
+        for epoch, result in results.items():
+            io.write_json(tmp / f"epoch_{epoch:03d}.json", result)
+            written.append(run / "eval" / f"epoch_{epoch:03d}.json")
+    return written
+
+
+def _cached(path: Path) -> dict | None:
+    try:
+        return io.read_json(path)
+    except (FileNotFoundError, ValueError):  # absent, or cut short: evaluate again
+        return None
+
+
+def _evaluate_checkpoints(run, run_config, checkpoints, tta, data, epochs, device, threads):
+    """(epoch, result) for each of `epochs`, loading the data and the model once."""
     dev = torch.device(devices.resolve(device))
     if threads:
         torch.set_num_threads(threads)
-    run_config = io.read_json(run / "config.json")
-    epochs = epochs or run_config["checkpoint_epochs"]
     classes = io.read_json(data / "classes.json")
     val, test = DeviceSplit.load(data, "val", dev), DeviceSplit.load(data, "test", dev)
     model = models.build(
@@ -158,28 +231,16 @@ def evaluate_run(
     ).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-
-    written = []
     for epoch in epochs:
         started = time.perf_counter()
         path = run / "checkpoints" / f"epoch_{epoch:03d}.pt"
         try:
-            model.load_state_dict(load_checkpoint(path))
+            model.load_state_dict(load_checkpoint(path, checkpoints))
         except RuntimeError as e:  # shapes or keys do not match the model
             raise CheckpointError(f"{path}: does not fit the model in config.json: {e}") from None
         result = evaluate_model(model, run_config, tta, val, test)
         for row in result["per_class"]:
             row.update(id=classes[row["index"]]["id"], name=classes[row["index"]]["name"])
-        out = run / "eval" / f"epoch_{epoch:03d}.json"
-        io.write_json(
-            out,
-            {
-                "experiment": run_config["experiment"],
-                "epoch": epoch,
-                "checkpoint": str(path),
-                **result,
-            },
-        )
         tta_text = f", TTA vote {result['tta']['vote_acc']:.4f}" if result["tta"] else ""
         log.info(
             "%s epoch %d: val %.4f test %.4f%s (%.1fs)",
@@ -190,5 +251,5 @@ def evaluate_run(
             tta_text,
             time.perf_counter() - started,
         )
-        written.append(out)
-    return written
+        yield epoch, {"experiment": run_config["experiment"], "epoch": epoch,
+                      "checkpoint": str(path), **result}  # fmt: skip

@@ -71,9 +71,25 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def _json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Sorted keys and a fixed layout: equal settings give byte-identical files in both engines."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_text(path, _json_text(obj))
+
+
+def write_json_if_changed(path: str | Path, obj: Any) -> bool:
+    """write_json, unless the file already holds exactly that; True if it wrote."""
+    path, text = Path(path), _json_text(obj)
+    try:
+        if path.read_text() == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    write_text(path, text)
+    return True
 
 
 def read_json(path: str | Path) -> Any:

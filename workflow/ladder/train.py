@@ -1,10 +1,12 @@
 """`ladder train`: train one experiment, with per-epoch checkpoints and exact resume.
 
-Outputs (results/experiments/<exp>/): config.json, history.csv, steps.csv, checkpoints/epoch_NNN.pt.
-They are written when training ends. Until then everything lives in a resume folder outside the
-declared outputs (results/resume/<exp>/<fingerprint>/), because both engines delete the outputs
-of an interrupted job before rerunning it. The fingerprint covers the settings, the input data
-and the code, so a changed experiment never resumes from a stale state.
+Outputs (results/experiments/<exp>/): config.json, history.csv, steps.csv, checkpoints/epoch_NNN.pt
+and the checkpoints' manifest. They are written when training ends. Until then everything lives
+in a resume folder outside the declared outputs (results/resume/<exp>/<fingerprint>/), because
+the engines delete the outputs of an interrupted job before rerunning it. The fingerprint covers
+the settings, the input data and the code, so a changed experiment never resumes from a stale
+state; a state that is unreadable or disagrees with its checkpoints is discarded, with a log
+line, and training starts over. One run per experiment at a time (ladder.workspace).
 
 Randomness is re-seeded from (seed, epoch) at the start of every epoch: shuffling, augmentation,
 dropout and ShakeDrop draw the same numbers whether or not the run was interrupted before, so a
@@ -15,7 +17,6 @@ bitwise deterministic).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io as stdio
 import logging
 import random
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ladder import augment, code, config, devices, io, models, optim
+from ladder import augment, config, devices, io, manifest, models, optim, stages, workspace
 from ladder.inference import autocast, predict
 from ladder.loader import DeviceSplit
 
@@ -46,6 +47,7 @@ HISTORY_COLUMNS = [
     "images_per_second",
 ]
 STEPS_COLUMNS = ["step", "epoch", "lr", "loss", "acc"]
+TRAIN_INPUTS = ("train_x.npy", "train_y.npy", "val_x.npy", "val_y.npy")  # of the prepared data
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -54,11 +56,6 @@ class NonFiniteLossError(FloatingPointError):
 
 # ----------------------------------------------------------------------------------------------
 # Identity of a run: what its results depend on
-
-
-def file_digest(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "blake2b").hexdigest()[:16]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -81,20 +78,25 @@ class Progress:
     step: int = 0
     history: list[dict] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
+    checkpoints: dict[str, str] = field(default_factory=dict)  # file name -> digest
 
 
-def save_checkpoint(model: nn.Module, path: Path) -> None:
-    """A weights-only snapshot: a flat dict of CPU tensors, loadable with weights_only=True."""
+def save_checkpoint(model: nn.Module, path: Path) -> str:
+    """A weights-only snapshot: a flat dict of CPU tensors, loadable with weights_only=True.
+    Returns the file's digest (ladder.manifest)."""
     weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    _torch_save(weights, path)
+    return _torch_save(weights, path)
 
 
-def _torch_save(obj, path: Path) -> None:
-    """torch.save, atomically. Through memory: torch.save names the archive inside the file after
-    the path it writes to (a temporary name here), and equal content should give equal files."""
+def _torch_save(obj, path: Path) -> str:
+    """torch.save, atomically; returns the digest of what it wrote. Through memory: torch.save
+    names the archive inside the file after the path it writes to (a temporary name here), and
+    equal content should give equal files."""
     buf = stdio.BytesIO()
     torch.save(obj, buf)
-    io.write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    io.write_bytes(path, data)
+    return manifest.bytes_digest(data)
 
 
 def _csv(rows: list[dict], columns: list[str]) -> str:
@@ -197,14 +199,13 @@ class Learner:
         }
         _torch_save(state, path)
 
-    def load_state(self, path: Path) -> Progress:
-        state = torch.load(path, map_location=self.device, weights_only=True)
+    def load_state(self, state: dict) -> None:
+        """Restore what `save_state` saved (read back by `_resume`)."""
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        return Progress(**state["progress"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,38 +224,58 @@ def train(
     threads: int | None = None,
     progress: bool = True,
 ) -> Path:
-    started = time.perf_counter()
-    data, out, resume_root = Path(data), Path(out), Path(resume_root)
-    dev = torch.device(devices.resolve(device))
-    if threads:
-        torch.set_num_threads(threads)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    """Train experiment `name` into `out`, resuming from results/resume/<name>/ when possible."""
+    with workspace.experiment_lock(resume_root, name):
+        return _train_locked(
+            name, settings, Path(data), Path(stats), Path(out), Path(resume_root),
+            device, compile_mode, threads, progress,
+        )  # fmt: skip
 
-    classes = io.read_json(data / "classes.json")
-    train_split = DeviceSplit.load(data, "train", dev)
-    val_split = DeviceSplit.load(data, "val", dev)
-    if len(train_split) < settings["batch_size"]:
+
+def run_identity(name: str, settings: dict, data: Path, stats: Path) -> dict:
+    """Everything the weights depend on; its fingerprint names the resume folder. The data enter
+    through the digests prepare recorded in its manifest (large files are hashed once)."""
+    prepared = manifest.read(data)["files"]
+    shape = np.load(data / "train_x.npy", mmap_mode="r").shape
+    if len(shape) != 4:
+        raise ValueError(f"{data / 'train_x.npy'}: expected N x H x W x 3 images, got {shape}")
+    if shape[0] < settings["batch_size"]:
         raise ValueError(
-            f"batch_size {settings['batch_size']}: the train split has only "
-            f"{len(train_split)} images"
+            f"batch_size {settings['batch_size']}: the train split ({data}) has only "
+            f"{shape[0]} images; lower batch_size in params.yaml"
         )
-    inputs = [data / f"{s}.npy" for s in ("train_x", "train_y", "val_x", "val_y")] + [Path(stats)]
-    identity = {
+    return {
         "experiment": name,
         "settings": settings,
         "normalization": augment.normalization(settings["normalize"], io.read_json(stats)),
-        "num_classes": len(classes),
-        "image_size": int(train_split.x.shape[1]),
-        "data": {p.name: file_digest(p) for p in inputs},
-        "code_version": code.version("train"),
+        "num_classes": len(io.read_json(data / "classes.json")),
+        "image_size": int(shape[1]),
+        "data": {
+            **{f: prepared[f]["digest"] for f in TRAIN_INPUTS},
+            stats.name: manifest.file_digest(stats),
+        },
+        "code_version": stages.version("train"),
     }
+
+
+def _train_locked(
+    name, settings, data, stats, out, resume_root, device, compile_mode, threads, progress
+) -> Path:
+    started = time.perf_counter()
+    identity = run_identity(name, settings, data, stats)
     state_dir = resume_root / name / config.fingerprint(identity)
     for stale in (resume_root / name).glob("*"):
         if stale != state_dir:  # settings, data or code changed: that state must not be resumed
             log.info("removing stale resume state %s", stale)
             shutil.rmtree(stale)
 
+    dev = torch.device(devices.resolve(device))
+    if threads:
+        torch.set_num_threads(threads)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    train_split = DeviceSplit.load(data, "train", dev)
+    val_split = DeviceSplit.load(data, "val", dev)
     learner = Learner.build(
         settings,
         identity["num_classes"],
@@ -264,11 +285,8 @@ def train(
         dev,
         compile_mode,
     )
-    prog = Progress()
-    if (state_dir / "state.pt").exists():
-        prog = learner.load_state(state_dir / "state.pt")
-        log.info("%s: resuming after epoch %d from %s", name, prog.epoch, state_dir)
     checkpoint_epochs = config.checkpoint_epochs(settings["epochs"], settings["checkpoint_every"])
+    prog = _resume(name, learner, state_dir)
 
     for epoch in range(prog.epoch + 1, settings["epochs"] + 1):
         epoch_start = time.perf_counter()
@@ -279,7 +297,9 @@ def train(
         prog.history.append({c: row[c] for c in HISTORY_COLUMNS})
         prog.epoch = epoch
         if epoch in checkpoint_epochs:
-            save_checkpoint(learner.eval_model, state_dir / "checkpoints" / f"epoch_{epoch:03d}.pt")
+            file = checkpoint_name(epoch)
+            digest = save_checkpoint(learner.eval_model, state_dir / "checkpoints" / file)
+            prog.checkpoints[file] = digest
         learner.save_state(state_dir / "state.pt", prog)
         io.write_text(state_dir / "history.csv", _csv(prog.history, HISTORY_COLUMNS))  # to watch
         log.info(
@@ -289,15 +309,46 @@ def train(
             row["val_loss"], row["val_acc"], row["seconds"], row["images_per_second"],
         )  # fmt: skip
 
+    # How it ran, as far as it shapes the weights; nothing that differs between two identical
+    # runs (timings are in history.csv and the log), so evaluation reruns only for new weights.
     run_info = {
         "device": str(dev),
         "precision": "bf16-autocast" if dev.type == "cuda" else "fp32",
         "compile": compile_mode if dev.type == "cuda" else "none",
         "torch": torch.__version__,
-        "seconds_last_session": round(time.perf_counter() - started, 1),
     }
+    log.info("%s: trained in %.1f s this session", name, time.perf_counter() - started)
     _finish(out, state_dir, identity, prog, checkpoint_epochs, run_info)
     return out
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.pt"
+
+
+def _resume(name: str, learner: Learner, state_dir: Path) -> Progress:
+    """The progress saved in `state_dir`, loaded into `learner`; a fresh start when there is
+    none, or when it cannot be trusted: an unreadable state.pt (a disk that filled up, a copy
+    cut short), or checkpoints that are missing or differ from what the state recorded. Such a
+    state is removed, with a log line that says why."""
+    path = state_dir / "state.pt"
+    if not path.exists():
+        return Progress()
+    try:
+        state = torch.load(path, map_location=learner.device, weights_only=True)
+        prog = Progress(**state["progress"])
+        for file, digest in prog.checkpoints.items():
+            checkpoint = state_dir / "checkpoints" / file
+            if not checkpoint.is_file() or manifest.file_digest(checkpoint) != digest:
+                raise ValueError(f"{checkpoint} is missing or differs from what {path} recorded")
+    except Exception as e:  # anything wrong with it: start over rather than resume from it
+        log.warning("%s: discarding resume state %s (%s); training from the start", name,
+                    state_dir, str(e).splitlines()[0] if str(e) else type(e).__name__)  # fmt: skip
+        shutil.rmtree(state_dir)
+        return Progress()
+    learner.load_state(state)
+    log.info("%s: resuming after epoch %d from %s", name, prog.epoch, state_dir)
+    return prog
 
 
 def _train_epoch(
@@ -379,10 +430,12 @@ def _check_finite(first_bad: torch.Tensor, name: str, epoch: int, step_offset: i
 
 def _finish(out, state_dir, identity, prog, checkpoint_epochs, run_info: dict) -> None:
     """Write the declared outputs from the resume folder, then remove it."""
-    with io.atomic_dir(out / "checkpoints") as tmp:
+    digests = {}
+    with manifest.folder(out / "checkpoints", digests) as tmp:
         for epoch in checkpoint_epochs:
-            name = f"epoch_{epoch:03d}.pt"
+            name = checkpoint_name(epoch)
             io.link_or_copy(state_dir / "checkpoints" / name, tmp / name)
+            digests[name] = prog.checkpoints[name]
     io.write_text(out / "history.csv", _csv(prog.history, HISTORY_COLUMNS))
     io.write_text(out / "steps.csv", _csv(prog.steps, STEPS_COLUMNS))
     io.write_json(

@@ -1,78 +1,96 @@
-# Helpers shared by all rules: resolved settings, path lists, and code dependencies.
-import json
+# Helpers shared by all rules: params.yaml resolved, and the stage table (ladder.stages) turned
+# into rule inputs, outputs and shell commands, so that the rules cannot drift from dvc.yaml.
+import os
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from ladder import code as ladder_code
 from ladder import config as ladder_config
-from ladder import devices
+from ladder import devices, engines, stages, workspace
 
-# Our own check first: its messages name the experiment and key path and suggest the closest
-# valid key. Defaults are not injected into `config`: an experiment is a diff of its base, and
-# a default filled into the diff would override what the base sets (ladder.config merges them).
-PARAMS = ladder_config.Params.from_dict(
-    config, source=" + ".join(map(str, workflow.configfiles)) or "config"
-)
+
+def config_source():
+    """The files (and options) `config` came from, for error messages."""
+    settings = workflow.config_settings
+    given = [os.path.relpath(p) for p in settings.configfiles]
+    files = given if settings.replace_workflow_config and given else ["params.yaml", *given]
+    return " + ".join(files + (["--config"] if settings.config else []))
+
+
+# Our own check first: its messages name the file, experiment and key path and suggest the
+# closest valid key. Defaults are not injected into `config`: an experiment is a diff of its
+# base, and a default filled into the diff would override what the base sets.
+with ladder_config.expected_errors_exit():
+    PARAMS = ladder_config.Params.from_dict(config, source=config_source())
 
 
 validate(config, schema="../schemas/params.schema.yaml", set_default=False)
 
 
-CONFIGS = "results/configs"
-PREPARED = "results/data/prepared"
-RUNS = "results/experiments"
-SPLIT_FILES = [f"{PREPARED}/{s}_{a}.npy" for s in ("train", "val", "test") for a in ("x", "y")]
-PREPARED_FILES = [*SPLIT_FILES, f"{PREPARED}/classes.json"]
-EVAL_DATA = [f"{PREPARED}/{s}_{a}.npy" for s in ("val", "test") for a in ("x", "y")]
-EVAL_DATA.append(f"{PREPARED}/classes.json")
+# The settings files every stage reads (results/configs/), rewritten where their content
+# changed; the jobs that read a changed file rerun (Snakemake compares small files by checksum).
+# Only the process that plans the run writes them, and never while DVC works here. Then the
+# results DVC made get timestamps Snakemake can trust (ladder.engines).
+if workflow.is_main_process:
+    with ladder_config.expected_errors_exit():
+        workspace.refuse_if_dvc_running()
+        ladder_config.write_settings(PARAMS, stages.CONFIGS)
+        engines.adopt_dvc_results(PARAMS.selected)
+
+
+onstart:
+    with ladder_config.expected_errors_exit():
+        workspace.hold_for_snakemake()
+
+
 # A GPU job declares gpu=1, so `--resources gpu=N` caps how many run at once.
 GPUS_PER_JOB = 1 if devices.cuda_present() else 0
 
-# The code each stage runs: editing it reruns the stage, here and in DVC (see ladder/code.py).
-CODE = {stage: [f"workflow/ladder/{f}" for f in files] for stage, files in ladder_code.CODE.items()}
 
-
-def settings_json(wildcards):
-    """The resolved content of results/configs/<name>.json: params of the configure jobs."""
-    return json.dumps(PARAMS.settings(f"{wildcards.name}.json"), sort_keys=True)
-
-
-def folder_of(item, up=1, output=False):
-    """A params function: the folder `up` levels above the (first) file of a named input or
-    output, so that shell commands get folders derived from the declared files."""
-
-    def get(wildcards, input, output_):
-        files = (output_ if output else input)[item]
-        first = files if isinstance(files, str) else files[0]
-        return str(Path(first).parents[up - 1])
-
-    return lambda wildcards, input, output: get(wildcards, input, output)
-
-
-def run_dir(exp):
-    return f"{RUNS}/{exp}"
-
-
-def epochs(exp):
-    return [f"{e:03d}" for e in PARAMS.experiments[exp].checkpoint_epochs]
-
-
-def eval_files(wildcards):
-    return expand(
-        f"{run_dir(wildcards.exp)}/eval/epoch_{{epoch}}.json", epoch=epochs(wildcards.exp)
-    )
-
-
-def report_configs(wildcards):
-    parts = ("train", "evaluate", "report")
-    return [f"{CONFIGS}/experiments/{exp}/{p}.json" for exp in PARAMS.selected for p in parts]
-
-
-def report_runs(wildcards):
-    files = []
-    for exp in PARAMS.selected:
-        run = run_dir(exp)
-        files += [f"{run}/{name}" for name in ("config.json", "history.csv", "steps.csv")]
-        files += expand(f"{run}/eval/epoch_{{epoch}}.json", epoch=epochs(exp))
+def stage_inputs(name):
+    """A stage's inputs: its files, its code, and per-experiment files for each selected one."""
+    stage = stages.STAGES[name]
+    files = {key: path for key, path in stage.deps.items()}
+    if stage.each_experiment:
+        files["runs"] = [
+            path.replace("{exp}", exp) for exp in PARAMS.selected for path in stage.each_experiment
+        ]
+    files["code"] = list(stage.code)
     return files
+
+
+def stage_outputs(name, categories=None):
+    """A stage's outputs (a folder as directory(), with its manifest); `categories` puts outputs
+    into Snakemake's --report."""
+    outputs = {}
+    for key, out in stages.STAGES[name].outs.items():
+        path = directory(out.path) if out.folder else out.path
+        if categories and key in categories:
+            patterns = ["{name}.png"] if out.folder else []
+            path = report(path, category=categories[key], patterns=patterns)
+        outputs[key] = path
+        if out.folder and out.manifest:
+            outputs[f"{key}_manifest"] = stages.manifest(out.path)
+    return outputs
+
+
+def stage_log(name):
+    # No `benchmark:` files: Snakemake counts them as outputs, and one left from a Snakemake
+    # run would look stale after DVC ran the stage, so Snakemake would rerun it. Each `ladder`
+    # command logs its own wall time, CPU time and peak memory instead, under either engine.
+    return stages.STAGES[name].log
+
+
+def stage_threads(name):
+    return stages.STAGES[name].threads
+
+
+def stage_gpus(name):
+    return GPUS_PER_JOB if stages.STAGES[name].gpu else 0
+
+
+def stage_shell(name):
+    """The table's command, with Snakemake's wildcard and thread count filled in."""
+    stage = stages.STAGES[name]
+    cmd = stage.command("{wildcards.exp}")
+    return f"{cmd} {stage.threads_arg} {{threads}}" if stage.threads_arg else cmd

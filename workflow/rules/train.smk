@@ -3,26 +3,13 @@
 
 rule train:
     input:
-        settings=f"{CONFIGS}/experiments/{{exp}}/train.json",
-        data=SPLIT_FILES,
-        stats="results/data/stats.json",
-        code=CODE["train"],
+        **stage_inputs("train"),
     output:
-        config=f"{RUNS}/{{exp}}/config.json",
-        history=f"{RUNS}/{{exp}}/history.csv",
-        steps=f"{RUNS}/{{exp}}/steps.csv",
-        # Which epoch_NNN.pt files it holds follows from params (epochs, checkpoint_every).
-        checkpoints=directory(f"{RUNS}/{{exp}}/checkpoints"),
+        **stage_outputs("train"),
     log:
-        "logs/train/{exp}.log",
-    benchmark:
-        "logs/benchmarks/train/{exp}.tsv"
-    threads: min(8, workflow.cores)
+        stage_log("train"),
+    threads: stage_threads("train")
     resources:
-        gpu=GPUS_PER_JOB,
-    params:
-        data=folder_of("data"),
-        out=folder_of("config", output=True),
+        gpu=stage_gpus("train"),
     shell:
-        "ladder --log {log} train --experiment {wildcards.exp} --settings {input.settings}"
-        " --data {params.data} --stats {input.stats} --out {params.out} --threads {threads}"
+        stage_shell("train")

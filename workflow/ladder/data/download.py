@@ -1,7 +1,8 @@
 """`ladder download`: bring a dataset's raw files into results/data/raw/ (layouts: sources.py).
 
-The folder is built under a temporary name and renamed into place at the end, so a failed
-download, a checksum mismatch or a rejected archive leaves nothing at the final path.
+The folder is built under a temporary name and renamed into place at the end, with its manifest
+(ladder.manifest), so a failed download, a checksum mismatch or a rejected archive leaves nothing
+at the final path, and what `prepare` depends on changes exactly when the raw files do.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import pooch
 import requests
 from PIL import Image
 
-from ladder import io
+from ladder import manifest
 from ladder.data import archive
+from ladder.data.registry import SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +31,35 @@ class DownloadError(RuntimeError):
 def download(settings: dict, out: str | Path, retries: int = 3) -> None:
     """Materialise the raw dataset described by `settings` (results/configs/download.json)."""
     source = settings["source"]
-    with io.atomic_dir(out) as tmp:
-        if source == "tinyimagenet":
-            path = fetch(settings["url"], settings["md5"], tmp, retries=retries)
-            log.info("extracting %s", path.name)
-            archive.extract(path, tmp)
-        elif source == "folder":
-            _import_folder(Path(settings["path"]), tmp / "train", "dataset.path")
-            if settings["test_path"]:
-                _import_folder(Path(settings["test_path"]), tmp / "test", "dataset.test_path")
-        elif source == "digits":
-            write_digits(tmp / "train")
-        else:
-            raise ValueError(f"dataset.source: unknown source {source!r}")
+    if source not in SOURCES:
+        raise ValueError(f"dataset.source: unknown source {source!r}")
+    with manifest.folder(out) as tmp:
+        SOURCES[source].downloader()(settings, tmp, retries)
     log.info("raw %s dataset ready in %s", source, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# One function per source (ladder.data.registry names them): (settings, folder, retries).
+
+
+def download_tinyimagenet(settings: dict, folder: Path, retries: int) -> None:
+    path = fetch(settings["url"], settings["md5"], folder, retries=retries)
+    log.info("extracting %s", path.name)
+    archive.extract(path, folder)
+
+
+def download_folder(settings: dict, folder: Path, retries: int) -> None:
+    _import_folder(Path(settings["path"]), folder / "train", "dataset.path")
+    if settings["test_path"]:
+        _import_folder(Path(settings["test_path"]), folder / "test", "dataset.test_path")
+
+
+def download_digits(settings: dict, folder: Path, retries: int) -> None:
+    write_digits(folder / "train")
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
 
 
 def fetch(url: str, md5: str, folder: Path, retries: int = 3) -> Path:

@@ -1,7 +1,8 @@
 """`ladder prepare`: decode, resize and split the raw images into memory-mappable arrays.
 
 Writes results/data/prepared/{train,val,test}_{x,y}.npy (uint8 NHWC images, int64 labels) and
-classes.json. Splits are stratified and seeded, so the same settings give identical arrays.
+classes.json, with the folder's manifest. Splits are stratified and seeded, so the same settings
+give identical arrays (and an identical manifest: nothing downstream reruns).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
-from ladder import io
+from ladder import io, manifest
 from ladder.data.sources import Labelled, read_layout
 
 log = logging.getLogger(__name__)
@@ -33,13 +34,14 @@ class ImageDecodeError(ValueError):
 def prepare(raw: str | Path, out: str | Path, settings: dict, workers: int | None = None) -> dict:
     """Build the prepared arrays from `raw` with `settings` (results/configs/prepare.json)."""
     started = time.perf_counter()
+    manifest.read(raw)
     layout = read_layout(Path(raw), settings["source"])
     splits = split(layout.pool, layout.test, settings)
     size = settings["image_size"]
     workers = workers or os.cpu_count() or 1
 
     digests: dict[str, np.ndarray] = {}
-    with io.atomic_dir(out) as tmp:
+    with manifest.folder(out) as tmp:
         for name, (paths, labels) in splits.items():
             digests[name] = _decode_into(tmp / f"{name}_x.npy", paths, size, workers)
             np.save(tmp / f"{name}_y.npy", labels)

@@ -1,6 +1,7 @@
 """Dataset sources: how each one's raw files are laid out, and which labelled images they hold.
 
-After `ladder download`, results/data/raw/ holds one of two layouts:
+After `ladder download`, results/data/raw/ holds one of two layouts (each source's entry in
+ladder.data.registry names its reader):
 - tinyimagenet: the official archive and its extracted `tiny-imagenet-200/` tree;
 - folder and digits: `train/<class>/<image>` and, optionally, `test/<class>/<image>`.
 """
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ladder.data.registry import SOURCES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -33,9 +36,10 @@ class Layout:
 
 
 def read_layout(raw: Path, source: str) -> Layout:
-    if source == "tinyimagenet":
-        return _tinyimagenet(raw)
-    return _class_folders(raw)
+    """The labelled images in `raw`, read as the source's registry entry says."""
+    if source not in SOURCES:
+        raise ValueError(f"dataset.source: unknown source {source!r}")
+    return SOURCES[source].layout_reader()(raw)
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -46,7 +50,8 @@ def _images_in(folder: Path) -> list[Path]:
     )
 
 
-def _tinyimagenet(raw: Path) -> Layout:
+def tinyimagenet_layout(raw: Path) -> Layout:
+    """The official archive's tree: train/<wnid>/images/, val/ with val_annotations.txt."""
     roots = sorted(p.parent for p in raw.glob("*/wnids.txt"))
     if not roots:
         raise LayoutError(f"{raw}: no */wnids.txt - not a Tiny ImageNet tree")
@@ -108,7 +113,8 @@ def _tinyimagenet(raw: Path) -> Layout:
     )
 
 
-def _class_folders(raw: Path) -> Layout:
+def class_folders_layout(raw: Path) -> Layout:
+    """train/<class>/<image> and, optionally, test/<class>/<image>."""
     train = raw / "train"
     if not train.is_dir():
         raise LayoutError(f"{train}: missing - expected train/<class>/<image> folders")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ladder import io
+from ladder import io, manifest
 
 CHUNK = 4096  # images per step
 
@@ -46,7 +46,9 @@ def compute(train_x: str | Path) -> dict:
     }
 
 
-def write(train_x: str | Path, out: str | Path) -> dict:
-    stats = compute(train_x)
+def write(data: str | Path, out: str | Path) -> dict:
+    """stats.json of the prepared folder `data` (results/data/prepared)."""
+    manifest.read(data)
+    stats = compute(Path(data) / "train_x.npy")
     io.write_json(out, stats)
     return stats

@@ -1,15 +1,19 @@
-"""Model registry: the seed's architectures from torchvision, randomly initialised.
+"""Model construction: the seed's architectures from torchvision, randomly initialised.
 
-Weights are never downloaded (`weights=None`). Small-image variants set the first N stride-2
-convolutions to stride 1 (`unstride`), so a 64x64 image keeps more of its resolution.
+Which models exist, which settings each reads and which values it allows is
+ladder.model_registry's (light, for ladder.config); an entry names its builder below. Weights are
+never downloaded (`weights=None`). Small-image variants set the first N stride-2 convolutions to
+stride 1 (`unstride`), so a 64x64 image keeps more of its resolution.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-import torchvision
 from torch import nn
 
+from ladder.model_registry import MODELS
 from ladder.models import shakedrop
 from ladder.models.mynet import MyNet
 
@@ -17,24 +21,46 @@ from ladder.models.mynet import MyNet
 def build(settings: dict, num_classes: int, image_size: int) -> nn.Module:
     """The model described by an experiment's resolved `model` settings."""
     name = settings["name"]
-    if name == "mynet":
-        return MyNet(
-            num_classes, image_size, settings["blocks"], settings["width"], settings["dropout"]
-        )
-    if name == "resnet18":
-        model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
-        if not settings["maxpool"]:
-            model.maxpool = nn.Identity()
-        if settings["dropout"] > 0:
-            model.fc = nn.Sequential(nn.Dropout(settings["dropout"]), model.fc)
-        add_shakedrop = shakedrop.add_to_resnet
-    elif name == "efficientnet_v2_s":
-        model = torchvision.models.efficientnet_v2_s(
-            weights=None, num_classes=num_classes, dropout=settings["dropout"]
-        )
-        add_shakedrop = shakedrop.add_to_efficientnet
-    else:
+    if name not in MODELS:
         raise ValueError(f"model.name: unknown model {name!r}")
+    return MODELS[name].builder()(settings, num_classes, image_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Builders, one per registry entry: (resolved `model` settings, classes, image side) -> model.
+# torchvision only inside them: importing it costs a second of every process's start.
+
+
+def build_mynet(settings: dict, num_classes: int, image_size: int) -> nn.Module:
+    return MyNet(
+        num_classes, image_size, settings["blocks"], settings["width"], settings["dropout"]
+    )
+
+
+def build_resnet18(settings: dict, num_classes: int, image_size: int) -> nn.Module:
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    if not settings["maxpool"]:
+        model.maxpool = nn.Identity()
+    if settings["dropout"] > 0:
+        model.fc = nn.Sequential(nn.Dropout(settings["dropout"]), model.fc)
+    return _small_image_variant(model, settings, shakedrop.add_to_resnet)
+
+
+def build_efficientnet_v2_s(settings: dict, num_classes: int, image_size: int) -> nn.Module:
+    import torchvision
+
+    model = torchvision.models.efficientnet_v2_s(
+        weights=None, num_classes=num_classes, dropout=settings["dropout"]
+    )
+    return _small_image_variant(model, settings, shakedrop.add_to_efficientnet)
+
+
+def _small_image_variant(
+    model: nn.Module, settings: dict, add_shakedrop: Callable[[nn.Module, float, list], int]
+) -> nn.Module:
+    """`unstride` and ShakeDrop, common to the torchvision models."""
     unstride(model, settings["unstride"])
     sd = settings["shakedrop"]
     if sd["p_drop"] > 0 and add_shakedrop(model, sd["p_drop"], sd["stages"]) == 0:

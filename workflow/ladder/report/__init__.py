@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ladder import io
+from ladder import io, manifest
 from ladder.report import figures, html, tables
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,9 @@ def build_report(
 ) -> Path:
     """Write out/{index.html, report.md, ladder.csv, checkpoints.csv, metrics.json, figures/}."""
     names = tables.read_selection(selection)
+    manifest.read(data)
+    for name in names:
+        manifest.read(Path(runs) / name / "eval")
     loaded = tables.read_runs(names, configs, runs)
     images, classes = tables.read_images(data), tables.read_classes(data)
     ladder = tables.ladder_table(loaded)

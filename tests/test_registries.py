@@ -1,0 +1,200 @@
+"""One entry per model, dataset source and augmentation op.
+
+The schema names exactly what the registries hold (so adding a model touches the registry and the
+schema, and this file fails if one is forgotten); config's checks come from the entries; every
+entry's code exists and is a code dependency of the stages that run it; and the registries stay
+light, since Snakemake imports ladder.config each time it loads the workflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import pkgutil
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+from ladder import config, stages
+from ladder.augment_registry import OPS
+from ladder.config import ConfigError, Params
+from ladder.data.registry import SOURCES
+from ladder.model_registry import MODELS
+
+SCHEMA = config.schema()
+DEFS = SCHEMA["$defs"]
+
+
+def resolve(**experiment) -> dict:
+    return Params.from_dict({"experiments": {"a": experiment}}).experiments["a"].train
+
+
+# ----------------------------------------------------------------------------------------------
+# The schema names what the registries hold
+
+
+def test_schema_models_are_the_registry():
+    model = DEFS["model"]["properties"]
+    assert model["name"]["enum"] == list(MODELS)
+    read = {key for entry in MODELS.values() for key in entry.settings}
+    assert {"name", *read} == set(model), "a model.* key no model reads, or one not in the schema"
+
+
+def test_schema_sources_are_the_registry():
+    dataset = SCHEMA["properties"]["dataset"]["properties"]
+    assert dataset["source"]["enum"] == list(SOURCES)
+    read = {key for entry in SOURCES.values() for key in entry.reads}
+    prepare = Params.from_dict({"dataset": {"source": "digits"}}).prepare_settings()
+    # every dataset key is read by prepare or by some source's download
+    assert read | set(prepare) == set(dataset)
+    assert read <= set(dataset)
+
+
+def test_schema_augment_ops_are_the_registry_in_order():
+    ops = DEFS["augment"]["properties"]
+    assert list(ops) == [op.name for op in OPS]  # the schema documents the order they apply in
+    for op in OPS:
+        node = ops[op.name]
+        if op.bare:
+            assert "properties" not in node, op.name
+        else:
+            assert set(node["properties"]) == {"p", *op.settings}, op.name
+
+
+# ----------------------------------------------------------------------------------------------
+# Config's checks come from the entries
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_model_keeps_exactly_its_entrys_settings(name):
+    entry = MODELS[name]
+    assert set(resolve(model={"name": name})["model"]) == {"name", *entry.settings}
+    model_schema = DEFS["model"]["properties"]
+    for key in set(model_schema) - {"name", *entry.settings}:
+        value = config.defaults(model_schema[key])
+        with pytest.raises(ConfigError, match=rf"model\.{key}: does not apply to model '{name}'"):
+            resolve(model={"name": name, key: value})
+
+
+@pytest.mark.parametrize("name", [n for n, m in MODELS.items() if "unstride" in m.settings])
+def test_unstride_values_are_the_entrys(name):
+    entry = MODELS[name]
+    assert entry.unstride, "a model that reads unstride lists the values it allows"
+    for n in range(max(entry.unstride) + 3):
+        if n in entry.unstride:
+            assert resolve(model={"name": name, "unstride": n})["model"]["unstride"] == n
+        else:
+            refusal = re.escape(f"model.unstride: {n} {entry.unstride_refusal}; {name} allows")
+            with pytest.raises(ConfigError, match=refusal):
+                resolve(model={"name": name, "unstride": n})
+
+
+@pytest.mark.parametrize("name", [n for n, m in MODELS.items() if "shakedrop" in m.settings])
+def test_shakedrop_stages_are_the_entrys(name):
+    valid = MODELS[name].shakedrop_stages
+    assert valid, "a model that reads shakedrop lists its stages"
+    for stage in range(1, valid.stop + 2):
+        model = {"name": name, "shakedrop": {"p_drop": 0.5, "stages": [stage]}}
+        if stage in valid:
+            assert resolve(model=model)["model"]["shakedrop"]["stages"] == [stage]
+        else:
+            span = f"{valid.start}..{valid.stop - 1}"
+            with pytest.raises(
+                ConfigError, match=rf"stages: \[{stage}\] - {name} has stages {span}"
+            ):
+                resolve(model=model)
+
+
+def test_model_checks_read_the_registry_when_they_run(monkeypatch):
+    entry = dataclasses.replace(MODELS["resnet18"], unstride=(0, 2))
+    monkeypatch.setitem(MODELS, "resnet18", entry)
+    assert resolve(model={"name": "resnet18", "unstride": 2})["model"]["unstride"] == 2
+    with pytest.raises(ConfigError, match=r"resnet18 allows 0, 2"):
+        resolve(model={"name": "resnet18", "unstride": 1})
+
+
+@pytest.mark.parametrize("name", SOURCES)
+@pytest.mark.parametrize("test_path", ["", "elsewhere/test"])
+def test_a_sources_stage_settings_are_its_entrys(name, test_path):
+    entry = SOURCES[name]
+    p = Params.from_dict({"dataset": {"source": name, "test_path": test_path}})
+    assert set(p.download_settings()) == {"source", *entry.reads}
+    draws_test = not entry.own_test_set(p.dataset)
+    assert ("test_fraction" in p.prepare_settings()) == draws_test
+
+
+def test_source_settings_read_the_registry_when_they_run(monkeypatch):
+    entry = dataclasses.replace(SOURCES["digits"], reads=("path",), own_test_set=lambda d: True)
+    monkeypatch.setitem(SOURCES, "digits", entry)
+    p = Params.from_dict({"dataset": {"source": "digits"}})
+    assert p.download_settings() == {"source": "digits", "path": ""}
+    assert "test_fraction" not in p.prepare_settings()
+
+
+@pytest.mark.parametrize("op", [op for op in OPS if not op.bare], ids=lambda op: op.name)
+def test_an_op_keeps_its_entrys_settings_when_on_and_only_p_when_off(op):
+    assert set(resolve(augment={op.name: {"p": 0.5}})["augment"][op.name]) == {"p", *op.settings}
+    assert resolve(augment={op.name: {"p": 0.0}})["augment"][op.name] == {"p": 0.0}
+
+
+def test_the_pipeline_order_is_the_seeds():
+    """flip, translate, rotate, blur, solarize: results depend on the order."""
+    assert [op.name for op in OPS] == ["hflip", "translate", "rotate", "blur", "solarize"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Each entry's code exists and is a code dependency of the stages that run it
+
+
+def module_file(ref: str) -> str:
+    """'ladder.models:build_mynet' -> 'workflow/ladder/models/__init__.py'."""
+    spec = importlib.util.find_spec(ref.partition(":")[0])
+    return spec.origin.removeprefix(f"{REPO}/")
+
+
+REFERENCES = [
+    *[(f"model {n}", m.build, ("train", "evaluate")) for n, m in MODELS.items()],
+    *[(f"source {n} download", s.download, ("download",)) for n, s in SOURCES.items()],
+    *[(f"source {n} layout", s.layout, ("prepare",)) for n, s in SOURCES.items()],
+    *[(f"op {op.name}", op.apply, ("train", "evaluate", "report")) for op in OPS],
+]
+
+
+@pytest.mark.parametrize(("what", "ref", "stage_names"), REFERENCES, ids=[r[0] for r in REFERENCES])
+def test_every_entry_names_a_function_its_stages_list_as_code(what, ref, stage_names):
+    assert callable(pkgutil.resolve_name(ref)), f"{what}: {ref} is not a function"
+    for name in stage_names:
+        assert module_file(ref) in stages.STAGES[name].code, f"{what}: {ref} in stage {name}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Light where it must be
+
+
+def imported_by(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys\nprint(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "ladder" in out
+    return {name.split(".")[0] for name in out}
+
+
+def test_config_imports_nothing_heavy():
+    """Snakemake imports ladder.config every time it loads the workflow."""
+    heavy = {"torch", "torchvision", "PIL", "sklearn", "pooch"}
+    assert imported_by("import ladder.config") & heavy == set()
+
+
+def test_torchvision_is_imported_only_for_a_torchvision_model():
+    code = (
+        "from ladder import models\n"
+        "models.build({'name': 'mynet', 'blocks': 1, 'width': 4, 'dropout': 0.0}, 3, 8)"
+    )
+    imported = imported_by(code)
+    assert "torch" in imported
+    assert "torchvision" not in imported

@@ -1,0 +1,314 @@
+"""The DAG, written once: every stage's command, inputs, outputs, code and fan-out.
+
+Snakemake's rules (workflow/rules/*.smk) are thin readers of this table; `dvc.yaml` is generated
+from it (`ladder dvc-yaml > dvc.yaml`) and committed; tests/test_stages.py fails when either
+engine's definition differs from it. Adding a stage: an entry here, a `ladder` command (cli.py),
+a four-line rule, and `ladder dvc-yaml`.
+
+Conventions the table relies on:
+- `{exp}` in a path or command is the experiment a job works on (Snakemake's wildcard, DVC's
+  `foreach` key).
+- A folder output has a manifest beside it (`<folder>.manifest.json`, see ladder.manifest) that
+  is an output too; a stage that reads the folder depends on the manifest, and gets the folder's
+  path on its command line.
+- `results/configs/` is params.yaml resolved into one small file per stage and experiment: every
+  stage depends on its file, so an edit reruns exactly what it changes. DVC writes them in its
+  `configure` stage; Snakemake when it loads the workflow (workflow/rules/common.smk). Both write
+  a file only when its content changes, so a file's timestamp moves only with its content.
+- Code: each stage depends on the modules that compute its results. Plumbing that cannot change a
+  result (argument parsing, atomic writes, manifests, locks, GPU leases, logging, this table) is
+  left out, so editing it reruns nothing; tests/test_stages.py checks that every other module a
+  stage imports is listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+PACKAGE = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE.parents[1]
+
+# ----------------------------------------------------------------------------------------------
+# Paths (relative to the project root, where both engines run)
+
+PARAMS = "params.yaml"
+SCHEMA = "workflow/schemas/params.schema.yaml"
+CONFIGS = "results/configs"
+RAW = "results/data/raw"
+PREPARED = "results/data/prepared"
+STATS = "results/data/stats.json"
+RUNS = "results/experiments"
+RUN = f"{RUNS}/{{exp}}"
+REPORT = "results/report"
+RESUME = "results/resume"  # training state, outside every declared output
+CACHE = "results/cache"  # evaluations by content (checkpoint, settings, data), outside outputs
+LOGS = "logs"
+EXP_CONFIGS = f"{CONFIGS}/experiments/{{exp}}"
+
+
+def manifest(folder: str) -> str:
+    """The manifest that stands for `folder` (see ladder.manifest)."""
+    return f"{folder}.manifest.json"
+
+
+def _code(*modules: str) -> tuple[str, ...]:
+    return tuple(f"workflow/ladder/{m}" for m in modules)
+
+
+_MODELS = _code("models/__init__.py", "models/mynet.py", "models/shakedrop.py")
+# What each model, dataset source and augmentation op reads and allows (light modules that
+# config reads, and the builders use).
+_REGISTRIES = _code("model_registry.py", "data/registry.py", "augment_registry.py")
+_AUGMENT = _code("augment.py", "augment_registry.py")
+_RUN = (*_AUGMENT, *_code("loader.py", "inference.py", "model_registry.py"), *_MODELS)
+
+# ----------------------------------------------------------------------------------------------
+# The table
+
+
+@dataclass(frozen=True)
+class Out:
+    path: str
+    folder: bool = False  # a folder rather than a file
+    manifest: bool = True  # a folder's manifest beside it (for folders other stages read)
+    dvc: str = "outs"  # outs | metrics | plots: how DVC shows it
+    plot: dict = field(default_factory=dict)  # DVC plot properties (x, y, template)
+
+    @property
+    def paths(self) -> list[str]:
+        """The output, and its manifest where it has one."""
+        return [self.path, manifest(self.path)] if self.folder and self.manifest else [self.path]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    cmd: str  # the command line; `{exp}` where the stage fans out
+    deps: dict[str, str]  # name -> file the stage reads (a folder: its manifest)
+    outs: dict[str, Out]  # name -> what the stage writes
+    code: tuple[str, ...]  # files whose content determines the results
+    foreach: bool = False  # one job per experiment
+    # Files read for every experiment the report shows (Snakemake: the selected ones; DVC: the
+    # folder above `{exp}`, since a stage outside `foreach` cannot list experiments).
+    each_experiment: tuple[str, ...] = ()
+    threads: int = 1  # most cores a job can use (Snakemake caps it at --cores)
+    threads_arg: str = ""  # the option that passes Snakemake's thread count on
+    gpu: bool = False  # a job holds a GPU when the host has one
+    params: bool = False  # DVC: depends on the whole params.yaml (only `configure`)
+
+    @property
+    def log(self) -> str:
+        return f"{LOGS}/{self.name}/{{exp}}.log" if self.foreach else f"{LOGS}/{self.name}.log"
+
+    @property
+    def out_paths(self) -> list[str]:
+        """Every declared output, a folder's manifest right after the folder."""
+        return [path for out in self.outs.values() for path in out.paths]
+
+    def command(self, exp: str | None = None) -> str:
+        return self.cmd if exp is None else self.cmd.replace("{exp}", exp)
+
+
+def _ladder(stage: str, args: str, foreach: bool = False) -> str:
+    log = f"{LOGS}/{stage}/{{exp}}.log" if foreach else f"{LOGS}/{stage}.log"
+    return f"ladder --log {log} {stage} {args}"
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in [
+        Stage(
+            name="configure",
+            cmd=_ladder("configure", f"--params {PARAMS} --out-dir {CONFIGS}"),
+            deps={},
+            outs={"configs": Out(CONFIGS, folder=True, manifest=False)},
+            code=(*_code("config.py"), *_REGISTRIES, SCHEMA),
+            params=True,
+        ),
+        Stage(
+            name="download",
+            cmd=_ladder("download", f"--settings {CONFIGS}/download.json --out {RAW}"),
+            deps={"settings": f"{CONFIGS}/download.json"},
+            outs={"raw": Out(RAW, folder=True)},
+            code=_code("data/download.py", "data/archive.py", "data/registry.py"),
+        ),
+        Stage(
+            name="prepare",
+            cmd=_ladder(
+                "prepare", f"--settings {CONFIGS}/prepare.json --raw {RAW} --out {PREPARED}"
+            ),
+            deps={"settings": f"{CONFIGS}/prepare.json", "raw": manifest(RAW)},
+            outs={"prepared": Out(PREPARED, folder=True)},
+            code=_code("data/prepare.py", "data/sources.py", "data/registry.py"),
+            threads=8,
+            threads_arg="--workers",
+        ),
+        Stage(
+            name="stats",
+            cmd=_ladder("stats", f"--data {PREPARED} --out {STATS}"),
+            deps={"prepared": manifest(PREPARED)},
+            outs={"stats": Out(STATS)},
+            code=_code("data/stats.py"),
+        ),
+        Stage(
+            name="train",
+            cmd=_ladder(
+                "train",
+                f"--experiment {{exp}} --settings {EXP_CONFIGS}/train.json --data {PREPARED}"
+                f" --stats {STATS} --out {RUN}",
+                foreach=True,
+            ),
+            deps={
+                "settings": f"{EXP_CONFIGS}/train.json",
+                "prepared": manifest(PREPARED),
+                "stats": STATS,
+            },
+            outs={
+                "config": Out(f"{RUN}/config.json"),
+                "history": Out(f"{RUN}/history.csv"),
+                "steps": Out(f"{RUN}/steps.csv"),
+                "checkpoints": Out(f"{RUN}/checkpoints", folder=True),
+            },
+            code=(*_code("train.py", "optim.py"), *_RUN),
+            foreach=True,
+            threads=8,
+            threads_arg="--threads",
+            gpu=True,
+        ),
+        Stage(
+            name="evaluate",
+            cmd=_ladder(
+                "evaluate",
+                f"--run {RUN} --settings {EXP_CONFIGS}/evaluate.json --data {PREPARED}",
+                foreach=True,
+            ),
+            deps={
+                "settings": f"{EXP_CONFIGS}/evaluate.json",
+                "prepared": manifest(PREPARED),
+                "config": f"{RUN}/config.json",
+                "checkpoints": manifest(f"{RUN}/checkpoints"),
+            },
+            outs={"eval": Out(f"{RUN}/eval", folder=True)},
+            code=(*_code("evaluate.py"), *_RUN),
+            foreach=True,
+            threads=4,
+            threads_arg="--threads",
+            gpu=True,
+        ),
+        Stage(
+            name="report",
+            cmd=_ladder(
+                "report",
+                f"--selection {CONFIGS}/selection.json --configs {CONFIGS}/experiments"
+                f" --runs {RUNS} --data {PREPARED} --out {REPORT}",
+            ),
+            deps={"selection": f"{CONFIGS}/selection.json", "prepared": manifest(PREPARED)},
+            each_experiment=(
+                f"{EXP_CONFIGS}/train.json",
+                f"{EXP_CONFIGS}/evaluate.json",
+                f"{EXP_CONFIGS}/report.json",
+                f"{RUN}/config.json",
+                f"{RUN}/history.csv",
+                f"{RUN}/steps.csv",
+                manifest(f"{RUN}/eval"),
+            ),
+            outs={
+                "html": Out(f"{REPORT}/index.html"),
+                "markdown": Out(f"{REPORT}/report.md"),
+                "figures": Out(f"{REPORT}/figures", folder=True, manifest=False),
+                "metrics": Out(f"{REPORT}/metrics.json", dvc="metrics"),
+                "ladder": Out(
+                    f"{REPORT}/ladder.csv",
+                    dvc="plots",
+                    plot={"x": "test_acc", "y": "experiment", "template": "bar_horizontal"},
+                ),
+                "checkpoints": Out(
+                    f"{REPORT}/checkpoints.csv", dvc="plots", plot={"x": "epoch", "y": "test_acc"}
+                ),
+            },
+            code=(
+                *_code(
+                    "report/__init__.py",
+                    "report/tables.py",
+                    "report/figures.py",
+                    "report/html.py",
+                    "augment.py",
+                    "config.py",  # the "changes versus parent" text flattens settings with it
+                ),
+                *_REGISTRIES,  # ... which config imports
+                SCHEMA,  # ... and orders them as the schema does
+            ),
+        ),
+    ]
+}
+
+
+def version(stage: str) -> str:
+    """Package version plus a hash of the stage's code: results record the code that made them."""
+    from ladder import __version__
+
+    h = hashlib.blake2b(digest_size=8)
+    for rel in STAGES[stage].code:
+        h.update(rel.encode())
+        h.update((REPO_ROOT / rel).read_bytes())
+    return f"{__version__}+{h.hexdigest()}"
+
+
+# ----------------------------------------------------------------------------------------------
+# dvc.yaml, generated
+
+_DVC_HEADER = """\
+# Generated from workflow/ladder/stages.py by `ladder dvc-yaml > dvc.yaml`: do not edit by hand.
+# tests/test_stages.py fails when this file differs from what the table generates.
+#
+# The same DAG as the Snakefile, for `dvc repro`: the same commands on the same paths. The
+# `configure` stage resolves params.yaml into one settings file per stage and experiment; every
+# other stage depends on its own file, so an edit reruns exactly what it changes. Outputs are
+# `persist`: DVC leaves them in place until the stage's command replaces them (atomically), so a
+# stage that is refused (another engine at work, see README) or fails loses nothing.
+"""
+
+
+def _dvc_path(path: str) -> str:
+    return path.replace("{exp}", "${key}")
+
+
+def _common_root(path: str) -> str:
+    """The folder above the `{exp}` part of a per-experiment path: what DVC can depend on."""
+    return path.split("/{exp}", 1)[0]
+
+
+def dvc_stage(stage: Stage) -> dict:
+    body: dict = {"cmd": _dvc_path(stage.cmd)}
+    deps = [_dvc_path(p) for p in stage.deps.values()]
+    deps += list(dict.fromkeys(_common_root(p) for p in stage.each_experiment))
+    deps += list(stage.code)
+    body["deps"] = deps
+    if stage.params:
+        body["params"] = [{PARAMS: None}]
+    for kind in ("outs", "metrics", "plots"):
+        entries = []
+        for out in stage.outs.values():
+            if out.dvc != kind:
+                continue
+            for path in out.paths:
+                props = dict(out.plot) if kind == "plots" else {}
+                entries.append({_dvc_path(path): {**props, "persist": True}})
+        if entries:
+            body[kind] = entries
+    if stage.foreach:
+        return {"foreach": "${experiments}", "do": body}
+    return body
+
+
+def dvc_yaml() -> str:
+    """The text of dvc.yaml."""
+    stages = {name: dvc_stage(stage) for name, stage in STAGES.items()}
+    text = yaml.safe_dump({"stages": stages}, sort_keys=False, width=100)
+    text = re.sub(r"\n(  \w)", r"\n\n\1", text)  # a blank line between stages
+    return _DVC_HEADER + "\n" + text

@@ -1,0 +1,165 @@
+"""Who works in this workspace: one engine at a time, and one writer per experiment.
+
+Snakemake and DVC share results/. Run together, each would decide from a half-written view of
+the other's work and rewrite (or, without `persist`, delete) outputs the other is reading. So:
+- a running `dvc repro`/`dvc exp run` holds DVC's own repository lock (.dvc/tmp/lock, an flock):
+  Snakemake refuses to load while it is held;
+- a running Snakemake holds a shared flock on .snakemake/ladder-engine.lock from the moment it
+  starts executing (`onstart`): a stage command that DVC starts (DVC sets DVC_STAGE) refuses to
+  run while it is held. DVC's outputs are `persist`, so a refused stage has deleted nothing.
+- a training run holds an exclusive flock on results/resume/<exp>.lock while it runs: a second
+  run of the same experiment (another engine, another invocation, a SLURM job) stops with a
+  message naming the process, instead of racing it for the resume state.
+
+flocks are released by the kernel when their process ends, however it ends: a killed run never
+leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+DVC_LOCK = Path(".dvc/tmp/lock")
+SNAKEMAKE_LOCK = Path(".snakemake/ladder-engine.lock")
+
+_held: list = []  # open lock files this process keeps for its lifetime
+
+
+class WorkspaceBusy(RuntimeError):
+    """Another engine or process is working on what this one was asked to do."""
+
+
+def _holder(path: Path) -> str:
+    """Who holds the lock at `path`, from what its holder wrote into it."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return "another process"
+    with contextlib.suppress(ValueError):
+        info = json.loads(text)
+        if isinstance(info, dict):  # ours; DVC's lock holds its bare pid
+            return f"process {info['pid']} on {info['host']}, started {info['since']}"
+    pid = re.search(r"\d+", text)
+    return f"process {pid.group()}" if pid else "another process"
+
+
+def _is_locked(path: Path) -> bool:
+    """Whether some process holds an flock on `path` (checked without keeping one)."""
+    if not path.exists():
+        return False
+    with path.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def _stamp() -> str:
+    return json.dumps(
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+    )
+
+
+def _dvc_processes(root: Path) -> list[int]:
+    """Live `dvc` processes working in `root` (Linux: /proc). DVC holds its repository lock
+    only during parts of a run (`dvc exp run` lets go of it between steps), so its processes
+    are looked for too."""
+    root = root.resolve()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            cwd = (proc / "cwd").resolve()
+        except OSError:  # gone, or not ours to read
+            continue
+        names = [Path(a.decode(errors="replace")).name for a in argv[:2]]
+        if "dvc" in names and cwd == root and int(proc.name) != os.getpid():
+            found.append(int(proc.name))
+    return found
+
+
+def refuse_if_dvc_running(root: str | Path = ".") -> None:
+    """Snakemake, on load: stop if a DVC command is at work in this workspace."""
+    root = Path(root)
+    lock = root / DVC_LOCK
+    if _is_locked(lock):
+        holder = f"{_holder(lock)} holds {lock}"
+    elif pids := _dvc_processes(root):
+        holder = f"process {pids[0]} is `dvc`"
+    else:
+        return
+    raise WorkspaceBusy(
+        f"DVC is running in this workspace ({holder}): let it finish, then run Snakemake; "
+        "two engines at once would overwrite each other's results"
+    )
+
+
+def hold_for_snakemake(root: str | Path = ".") -> None:
+    """Snakemake, on start: announce that it is executing, for as long as the process lives.
+    Shared: several Snakemake runs on disjoint targets may work side by side (Snakemake's own
+    locks keep them off each other's outputs)."""
+    refuse_if_dvc_running(root)
+    path = Path(root) / SNAKEMAKE_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = path.open("a")
+    fcntl.flock(f, fcntl.LOCK_SH)
+    f.seek(0)
+    f.truncate()
+    f.write(_stamp())
+    f.flush()
+    _held.append(f)
+
+
+def refuse_if_snakemake_running(root: str | Path = ".") -> None:
+    """A stage command that DVC started: stop if Snakemake is executing in this workspace."""
+    lock = Path(root) / SNAKEMAKE_LOCK
+    if _is_locked(lock):
+        raise WorkspaceBusy(
+            f"Snakemake is running in this workspace ({_holder(lock)} holds {lock}): let it "
+            "finish, then run `dvc repro` again; nothing was changed"
+        )
+
+
+def check_engine() -> None:
+    """Called by every stage command: under DVC, make sure Snakemake is not at work."""
+    if os.environ.get("DVC_STAGE"):
+        refuse_if_snakemake_running(os.environ.get("DVC_ROOT", "."))
+
+
+@contextlib.contextmanager
+def experiment_lock(resume_root: str | Path, name: str) -> Iterator[Path]:
+    """Hold results/resume/<name>.lock while training `name`; refuse if someone else holds it."""
+    path = Path(resume_root) / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkspaceBusy(
+                f"experiment {name} is being trained by {_holder(path)} (lock {path}): wait "
+                "for it to finish, or stop it; this run changed nothing"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(_stamp())
+        f.flush()
+        try:
+            yield path
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
