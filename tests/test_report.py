@@ -6,12 +6,16 @@ import html.parser
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
-from ladder.report import build_report
+from ladder.report import build_report, figures
+from ladder.report.html import DELTA_TEST, DELTA_TTA
 from ladder.report.tables import changes
-from report_fixtures import write_inputs
+from report_fixtures import RESULTS, write_inputs
 
 FIGURES = {
     "accuracy_vs_step",
@@ -106,9 +110,33 @@ def test_changes_of_optimizer_schedule_and_tta_use_short_names():
         epochs=60,
     )
     assert changes(EFFNET, child) == (
-        "lr 0.01→0.1; weight_decay 0.0001→1e-05; schedule cosine→multistep; -t_max; -eta_min; "
-        "+milestones=[30, 45]; +gamma=0.1; epochs 30→60; tta.passes 5→10"
+        "lr 0.01→0.1; weight_decay 0.0001→1e-05; schedule cosine→multistep; -t_max; "
+        "+milestones=[30, 45]; epochs 30→60; tta.passes 5→10"
+    )  # eta_min (0) left and gamma (0.1) added with their defaults: no change
+
+
+def test_changes_skips_a_key_that_comes_or_goes_with_its_default_value():
+    """A key the parent's model or schedule did not have, at the schema's default, changes
+    nothing; the same key at another value, or a default key that is changed, does."""
+    constant = edit(EFFNET, schedule={"name": "constant", "warmup_epochs": 0})
+    cosine = edit(
+        EFFNET, schedule={"name": "cosine", "t_max": 30, "eta_min": 0.0, "warmup_epochs": 0}
     )
+    assert changes(constant, cosine) == "schedule constant→cosine; +t_max=30"
+    assert changes(cosine, constant) == "schedule cosine→constant; -t_max"
+    assert changes(constant, edit(cosine, schedule={**cosine["schedule"], "eta_min": 1e-05})) == (
+        "schedule constant→cosine; +t_max=30; +eta_min=1e-05"
+    )
+
+    mynet = edit(EFFNET, model={"name": "mynet", "blocks": 2, "width": 32, "dropout": 0.6})
+    off = {"p_drop": 0.0, "stages": [4]}
+    shakedrop_off = edit(EFFNET, model={**EFFNET["model"], "shakedrop": off})
+    assert changes(mynet, shakedrop_off) == "model mynet→efficientnet_v2_s; +model.unstride=2"
+    on = edit(EFFNET, model={**EFFNET["model"], "shakedrop": {**off, "p_drop": 0.5}})
+    assert changes(mynet, on) == (
+        "model mynet→efficientnet_v2_s; +model.unstride=2; +model.shakedrop.p_drop=0.5"
+    )
+    assert changes(shakedrop_off, on) == "model.shakedrop.p_drop 0→0.5"
 
 
 def test_changes_keeps_the_section_where_a_short_name_would_be_ambiguous():
@@ -159,12 +187,14 @@ def test_ladder_csv_picks_by_val_and_reports_percent(report):
     assert math.isnan(ladder["test_acc_tta"][0])
     assert list(ladder["test_acc_tta"][1:]) == [58.0, 60.0]
     assert list(ladder["test_acc_tta_mean"][1:]) == [57.0, 59.0]
-    # b vs a: a has no TTA, so plain vs plain; c vs b: both have TTA, so vote vs vote.
     assert math.isnan(ladder["delta_test_vs_parent"][0])
-    assert list(ladder["delta_test_vs_parent"][1:]) == [15.0, 2.0]
-    # Selected on the test set (TTA vote where there is TTA), labelled as such.
-    assert list(ladder["test_picked_epoch"]) == [3, 3, 3]
-    assert list(ladder["test_picked_test"]) == [60.0, 62.0, 60.0]
+    assert list(ladder["delta_test_vs_parent"][1:]) == [15.0, 1.0]
+    assert ladder["delta_tta_vs_parent"][:2].isna().all()
+    assert ladder["delta_tta_vs_parent"][2] == 2.0
+    assert list(ladder["best"]) == [False, True, False]  # b: the best val accuracy
+    # Selected on the test set (no TTA, as every result), labelled as such.
+    assert list(ladder["test_picked_epoch"]) == [3, 2, 3]
+    assert list(ladder["test_picked_test"]) == [60.0, 55.0, 56.0]
     assert ladder.loc[0, ["ref_train", "ref_val", "ref_test"]].tolist() == [70.0, 50.0, 45.5]
     assert ladder.loc[0, ["ref_test_picked_epoch", "ref_test_picked_test"]].tolist() == [2, 49.06]
     assert ladder[["ref_test", "ref_test_plain"]].iloc[1:].isna().all().all()
@@ -176,16 +206,25 @@ def test_ladder_csv_picks_by_val_and_reports_percent(report):
     assert ladder["description"][0] == "root <rung> & co"
 
 
-def test_metrics_json_holds_the_best_and_every_experiment(report):
+def test_metrics_json_names_the_best_experiment_and_holds_every_experiment(report):
     metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
-    assert metrics["best"] == {"rung": 3, "epoch": 3, "test": 60.0, "val_acc": 66.0}
+    # The best by val (b, not c, whose test accuracy is higher); `test` without TTA.
+    assert metrics["best"] == {
+        "experiment": "b",
+        "epoch": 2,
+        "test": 55.0,
+        "val_acc": 70.0,
+        "test_acc_tta": 58.0,
+    }
     assert metrics["experiments"]["a"] == {
         "best_epoch": 2,
         "train_acc": 60.0,
         "val_acc": 50.0,
         "test_acc": 40.0,
     }
-    assert metrics["experiments"]["c"]["delta_test_vs_parent"] == 2.0
+    assert metrics["experiments"]["c"]["delta_test_vs_parent"] == 1.0
+    assert metrics["experiments"]["c"]["delta_tta_vs_parent"] == 2.0
+    assert "delta_tta_vs_parent" not in metrics["experiments"]["b"]  # a has no TTA
 
 
 def test_checkpoints_csv_has_a_row_per_checkpoint(report):
@@ -202,6 +241,7 @@ def test_checkpoints_csv_has_a_row_per_checkpoint(report):
     assert row["tta_passes"] == 2
     assert table.groupby("experiment")["val_picked"].sum().tolist() == [1, 1, 1]
     assert table.loc[table["val_picked"], "epoch"].tolist() == [2, 2, 3]
+    assert table.loc[table["test_picked"], "epoch"].tolist() == [3, 2, 3]  # by plain test
 
 
 class _Page(html.parser.HTMLParser):
@@ -244,7 +284,8 @@ def test_page_is_self_contained_with_one_ladder_row_per_experiment(report):
     assert "://" not in text.replace("data:image/png;base64,", "")
     assert "root &lt;rung&gt; &amp; co" in text  # descriptions are escaped
     assert "49.06" in text  # the seed's best, in the headline
-    assert "<strong>c</strong> reaches <strong>60.00 %</strong>" in text
+    assert "<strong>b</strong> has the best val accuracy" in text
+    assert "its test accuracy there is <strong>55.00 %</strong> without TTA" in text
 
 
 def test_markdown_has_the_tables_and_links_the_figures(report):
@@ -257,6 +298,99 @@ def test_markdown_has_the_tables_and_links_the_figures(report):
     )
     assert len(ladder) == 3
     assert len([line for line in lines if line.startswith(("| a |", "| b |", "| c |"))]) == 9
+
+
+def _md_ladder(report: Path) -> pd.DataFrame:
+    """report.md's ladder table, as text cells under its headers."""
+    lines = (report / "report.md").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| # |"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return pd.DataFrame(rows[2:], columns=rows[0])
+
+
+def test_delta_has_one_basis_on_every_row_and_its_header_names_it(report):
+    """b has TTA and its parent a has not; c and its parent b both have TTA: Δ is plain minus
+    plain on both rows, the TTA Δ only where both have TTA, and the headers say so."""
+    ladder = pd.read_csv(report / "ladder.csv").set_index("experiment")
+    for child, parent in (("b", "a"), ("c", "b")):
+        plain = ladder.loc[child, "test_acc"] - ladder.loc[parent, "test_acc"]
+        assert ladder.loc[child, "delta_test_vs_parent"] == pytest.approx(plain)
+    assert ladder.loc["c", "delta_tta_vs_parent"] == pytest.approx(
+        ladder.loc["c", "test_acc_tta"] - ladder.loc["b", "test_acc_tta"]
+    )
+    assert math.isnan(ladder.loc["b", "delta_tta_vs_parent"])
+
+    # The headers name the basis.
+    assert DELTA_TEST == "Δ test vs parent (no TTA, pp)"
+    assert DELTA_TTA == "Δ TTA vote vs parent (pp)"
+    md = _md_ladder(report)
+    assert md[DELTA_TEST].tolist() == ["", "+15.00", "+1.00"]
+    assert md[DELTA_TTA].tolist() == ["", "", "+2.00"]
+    page = (report / "index.html").read_text(encoding="utf-8")
+    thead = page.split('<table id="ladder">', 1)[1].split("</thead>", 1)[0]
+    assert f">{DELTA_TEST}</th>" in thead
+    assert f">{DELTA_TTA}</th>" in thead
+    assert f"<dt>{DELTA_TEST}</dt>" in page  # explained under "How to read"
+
+
+@pytest.mark.parametrize("tta", [0.50, 0.58], ids=["tta-below-plain", "tta-above-plain"])
+def test_headline_is_plain_test_at_the_val_picked_checkpoint_of_the_val_best(tmp_path, tta):
+    """b is the best on val; at its checkpoint (epoch 2) plain test is 55 %. The headline is 55 %
+    whether the TTA vote there is lower (50 %) or higher (58 %); c, with a higher test accuracy
+    but a lower val accuracy, is not the best."""
+    b = {**RESULTS["b"], "tta": [0.52, tta, 0.62]}
+    out = tmp_path / "out"
+    build_report(**write_inputs(tmp_path, results={"b": b}), out=out)
+
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["best"]["experiment"] == "b"
+    assert metrics["best"]["test"] == 55.0
+    assert metrics["best"]["test_acc_tta"] == pytest.approx(100 * tta)
+    ladder = pd.read_csv(out / "ladder.csv").set_index("experiment")
+    assert ladder.loc["b", "test_acc"] == 55.0
+    assert ladder["best"].tolist() == [False, True, False]
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "<title>Experiment ladder: b 55.00 %</title>" in page
+    assert "its test accuracy there is <strong>55.00 %</strong> without TTA" in page
+    assert f"The TTA vote over 2 passes gives {100 * tta:.2f} %, shown beside it." in page
+    assert "Rung 3, c, has a higher test accuracy (56.00 %)" in page
+    assert "every choice is made on val, every result is reported on test" in page
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "its test accuracy there is **55.00 %** without TTA" in md
+
+
+def test_worst_classes_labels_touch_no_line_and_no_other_label():
+    """Many classes with values at and around the all-classes line: every value label is clear
+    of the line, the grid and the other labels."""
+    n = 200
+    acc = np.full(n, 40.1)  # the all-classes value: a label at the bar's end would touch the line
+    acc[::3] = 39.0  # ... and one just short of it would cross it
+    per_class = pd.DataFrame(
+        {"experiment": "x", "epoch": 5, "index": range(n), "count": 50, "test_acc": acc}
+    )
+    ladder = pd.DataFrame([{"experiment": "x", "best_epoch": 5, "val_acc": 41.0, "test_acc": 40.1}])
+    classes = {i: f"class {i}" for i in range(n)}
+    with plt.rc_context(figures.THEME):
+        fig, _ = figures.worst_classes(SimpleNamespace(per_class=per_class), ladder, classes)
+    try:
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        labels = [t.get_window_extent(renderer) for t in ax.texts]
+        assert len(labels) >= figures.WORST_CLASSES
+        lines = [*ax.get_lines(), *ax.xaxis.get_gridlines(), *ax.yaxis.get_gridlines()]
+        clear = 2  # pixels: a line's bounds leave out its width
+        lines = [
+            line.get_window_extent(renderer).padded(clear) for line in lines if line.get_visible()
+        ]
+        for i, label in enumerate(labels):
+            assert not any(label.overlaps(line) for line in lines)
+            assert not any(label.overlaps(other) for other in labels[i + 1 :])
+    finally:
+        plt.close(fig)
 
 
 def test_report_is_reproducible(report):

@@ -237,6 +237,8 @@ STAGES: dict[str, Stage] = {
                     "report/tables.py",
                     "report/figures.py",
                     "report/html.py",
+                    "report/templates/index.html.j2",  # the page's markup ...
+                    "report/templates/report.css",  # ... and its styles
                     "augment.py",
                     "config.py",  # the "changes versus parent" text flattens settings with it
                 ),

@@ -7,7 +7,6 @@ declare them. Facets wrap at COLUMNS per row and legends of many lines sit outsi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,9 +18,10 @@ import seaborn as sns
 import torch
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import blended_transform_factory
 
 from ladder.augment import Augment
-from ladder.report.tables import Runs, best_experiment, picked_on_val, reported_test
+from ladder.report.tables import Runs, best_experiment, picked_on_val
 
 COLUMNS = 4  # facets per row
 DPI = 100
@@ -137,7 +137,8 @@ def _lines(runs: Runs, y: str, data: pd.DataFrame) -> tuple[plt.Figure, plt.Axes
 def ladder_chart(ladder: pd.DataFrame) -> tuple[plt.Figure, str]:
     n = len(ladder)
     series = {
-        "ours: test (val-picked)": (reported_test(ladder), TEST_COLOR, "-", "o"),
+        "ours: test, no TTA": (ladder["test_acc"], TEST_COLOR, "-", "o"),
+        "ours: test, TTA vote": (ladder["test_acc_tta"], TTA_COLOR, ":", "s"),
         "ours: val": (ladder["val_acc"], VAL_COLOR, "-", "s"),
         "seed: test": (ladder["ref_test"], TEST_COLOR, "--", "D"),
         "seed: val": (ladder["ref_val"], VAL_COLOR, "--", "^"),
@@ -148,7 +149,7 @@ def ladder_chart(ladder: pd.DataFrame) -> tuple[plt.Figure, str]:
         values = values.to_numpy(dtype=float)
         if np.isnan(values).all():
             continue
-        hollow = style == "--"
+        hollow = style == "--"  # the seed's numbers
         ax.plot(
             x,
             values,
@@ -166,8 +167,9 @@ def ladder_chart(ladder: pd.DataFrame) -> tuple[plt.Figure, str]:
     ax.set(xlabel=None, ylabel="accuracy (%)", xlim=(0.5, n + 0.5), ylim=(0, min(100, top + 5)))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     caption = (
-        "The ladder: our test accuracy at each rung's val-picked checkpoint (TTA vote where the "
-        "rung uses TTA) and val accuracy, beside the numbers the seed reported (hollow markers)."
+        "The ladder, accuracy in %: our test accuracy without TTA at each rung's val-picked "
+        "checkpoint (the result), the TTA vote at the same checkpoint where the rung uses TTA "
+        "(dotted), and val accuracy, beside the numbers the seed reported (hollow markers)."
     )
     return fig, caption
 
@@ -194,8 +196,8 @@ def accuracy_vs_step(runs: Runs, train_images: int) -> tuple[plt.Figure, str]:
 
     fig = _faceted(data, runs.names, panel, "optimiser step", styles)
     caption = (
-        "Accuracy against the optimiser step: train accuracy over each logged window of batches "
-        "(augmented, as trained) and val accuracy at the end of every epoch."
+        "Accuracy (%) against the optimiser step: train accuracy over each logged window of "
+        "batches (augmented, as trained) and val accuracy at the end of every epoch."
     )
     return fig, caption
 
@@ -219,7 +221,7 @@ def checkpoint_accuracy(runs: Runs) -> tuple[plt.Figure, str]:
 
     fig = _faceted(runs.checkpoints, runs.names, panel, "epoch (checkpoint)", styles)
     caption = (
-        "Test accuracy of every checkpoint, without and with test-time augmentation (majority "
+        "Test accuracy (%) of every checkpoint, without and with test-time augmentation (majority "
         "vote), and val accuracy; the dotted line marks the checkpoint picked by val accuracy."
     )
     return fig, caption
@@ -231,8 +233,9 @@ def gap(runs: Runs) -> tuple[plt.Figure, str]:
     ax.axhline(0, color="0.3", lw=0.8)
     ax.set(ylabel="train − val accuracy (percentage points)")
     caption = (
-        "Generalisation gap: train minus val accuracy per epoch (train accuracy is measured on "
-        "augmented batches, so strong augmentation can push it below zero)."
+        "Generalisation gap: train minus val accuracy per epoch, in percentage points (train "
+        "accuracy is measured on augmented batches, so strong augmentation can push it below "
+        "zero)."
     )
     return fig, caption
 
@@ -249,32 +252,37 @@ def learning_rate(runs: Runs) -> tuple[plt.Figure, str]:
 def worst_classes(
     runs: Runs, ladder: pd.DataFrame, classes: dict[int, str]
 ) -> tuple[plt.Figure, str]:
+    """Per-class test accuracy (no TTA, as the headline) of the best experiment's checkpoint.
+
+    The values sit in a column of their own right of the axes, one per bar's row, so they never
+    meet the bars, the all-classes line or each other, however close the values are."""
     best = best_experiment(ladder)
     name, epoch = best["experiment"], best["best_epoch"]
     rows = runs.per_class[
         (runs.per_class["experiment"] == name) & (runs.per_class["epoch"] == epoch)
     ]
-    tta = not math.isnan(best["test_acc_tta"])
-    metric = "tta_acc" if tta else "test_acc"
-    worst = rows.dropna(subset=[metric]).sort_values([metric, "index"]).head(WORST_CLASSES)
+    worst = rows.dropna(subset=["test_acc"]).sort_values(["test_acc", "index"]).head(WORST_CLASSES)
     labels = [
         f"{classes.get(i, i)} (n={n})" for i, n in zip(worst["index"], worst["count"], strict=True)
     ]
 
     fig, ax = plt.subplots(figsize=(7, 0.26 * len(worst) + 1.3))
     y = np.arange(len(worst))
-    bars = ax.barh(y, worst[metric], color=TTA_COLOR if tta else TEST_COLOR, height=0.7)
-    ax.bar_label(bars, fmt="%.1f", padding=3, fontsize="small")
+    ax.barh(y, worst["test_acc"], color=TEST_COLOR, height=0.7)
     ax.set_yticks(y, labels)
-    ax.invert_yaxis()
-    overall = reported_test(ladder)[best.name]
-    ax.axvline(overall, color="0.3", lw=1, ls="--", label=f"all classes: {overall:.1f} %")
-    ax.set(xlabel=f"test accuracy (%){', TTA vote' if tta else ''}", xlim=(0, 100))
+    ax.set(xlabel="test accuracy (%), no TTA", xlim=(0, 100), ylim=(max(len(worst), 1) - 0.5, -0.5))
     ax.grid(axis="y", visible=False)
+    values = blended_transform_factory(ax.transAxes, ax.transData)  # x: axes, y: bar rows
+    ax.text(1.02, -0.5, "%", transform=values, ha="left", va="bottom", color="0.3")
+    for row, value in zip(y, worst["test_acc"], strict=True):
+        ax.text(1.02, row, f"{value:.1f}", transform=values, ha="left", va="center")
+    overall = float(best["test_acc"])
+    ax.axvline(overall, color="0.3", lw=1, ls="--", label=f"all classes: {overall:.1f} %")
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0))
     caption = (
-        f"The {len(worst)} classes with the lowest test accuracy for {name} (the best experiment) "
-        f"at epoch {epoch}, its val-picked checkpoint; n: test images of the class."
+        f"The {len(worst)} classes with the lowest test accuracy (%, no TTA) for {name} (the best "
+        f"experiment) at epoch {epoch}, its val-picked checkpoint; the values stand right of the "
+        "axes; n: test images of the class."
     )
     return fig, caption
 

@@ -1,7 +1,12 @@
 """The report's pages: index.html (one self-contained file: CSS inline, figures as data: URIs, no
 script) and report.md (the same tables in Markdown, figures linked from figures/).
 
-Both render the same column lists (LADDER, CHECKPOINTS), so the two can never disagree.
+The page's markup and CSS live in templates/ (Jinja2, autoescaped: every value is escaped unless
+it is markup the template writes itself); this module prepares what they show: the headline,
+the tables as rows of cells, the figures. Both pages render the same column lists (LADDER,
+CHECKPOINTS), so the two can never disagree. report.md is short and made of tables whose only
+escaping is Markdown's `|`, so it stays in Python (`markdown`): one template environment, and it
+escapes everything it renders.
 """
 
 from __future__ import annotations
@@ -10,18 +15,30 @@ import base64
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 
+import jinja2
 import pandas as pd
 
-from ladder.report.tables import Runs, best_experiment, reported_test, seed_best
+from ladder.report.tables import LADDER_COLUMNS, Runs, best_experiment, seed_best
 
 TITLE = "Experiment ladder"
+TEMPLATE = "index.html.j2"
 
 
 # ----------------------------------------------------------------------------------------------
 # Cells
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One HTML table cell: its text (in bold for `strong`), then lines of their own below it,
+    each (text, CSS class): a description, a note, one change per line."""
+
+    css: str
+    text: str = ""
+    strong: bool = False
+    lines: tuple[tuple[str, str], ...] = ()
 
 
 def _num(value, digits: int = 2) -> str:
@@ -42,16 +59,24 @@ class Column:
     text: Callable[[pd.Series], str]  # the cell as plain text (Markdown, and HTML by default)
     group: str = ""  # a header spanning the columns that share it
     kind: str = "num"  # the HTML cells' class: "num" right-aligns figures
-    html: Callable[[pd.Series], str] | None = None  # richer HTML for the cell
+    html: Callable[[pd.Series], Cell] | None = None  # a richer HTML cell (CSS: the column's)
     css: Callable[[pd.Series], str] = lambda row: ""  # a further class, by value
+    unit: str = ""  # Markdown adds it to the header (HTML says it in the group header)
 
     @property
     def numeric(self) -> bool:
         return self.kind == "num"
 
+    def cell(self, row: pd.Series) -> Cell:
+        css = " ".join(c for c in (self.kind, self.css(row)) if c)
+        if self.html is None:
+            return Cell(css, self.text(row))
+        rich = self.html(row)
+        return Cell(css, rich.text, rich.strong, rich.lines)
+
 
 def _pct(column: str, group: str, header: str) -> Column:
-    return Column(header, lambda row: _num(row[column]), group)
+    return Column(header, lambda row: _num(row[column]), group, unit="%")
 
 
 def _experiment_text(row: pd.Series) -> str:
@@ -59,17 +84,15 @@ def _experiment_text(row: pd.Series) -> str:
     return " — ".join(filter(None, (row["experiment"], row["description"]))) + note
 
 
-def _experiment_html(row: pd.Series) -> str:
-    parts = [f"<strong>{escape(row['experiment'])}</strong>"]
-    if row["description"]:
-        parts.append(f'<span class="desc">{escape(row["description"])}</span>')
+def _experiment_html(row: pd.Series) -> Cell:
+    lines = [(row["description"], "desc")] if row["description"] else []
     if row.get("note"):
-        parts.append(f'<span class="desc note">seed: {escape(row["note"])}</span>')
-    return "".join(parts)
+        lines.append((f"seed: {row['note']}", "desc note"))
+    return Cell("", row["experiment"], strong=True, lines=tuple(lines))
 
 
-def _changes_html(row: pd.Series) -> str:
-    return "<br>".join(escape(change) for change in row["changes"].split("; "))
+def _changes_html(row: pd.Series) -> Cell:
+    return Cell("", lines=tuple((change, "") for change in row["changes"].split("; ")))
 
 
 def _noted(header: str, group: str, value: Callable, note: Callable) -> Column:
@@ -83,26 +106,33 @@ def _noted(header: str, group: str, value: Callable, note: Callable) -> Column:
         main, extra = parts(row)
         return f"{main} ({extra})" if extra else main
 
-    def html(row: pd.Series) -> str:
+    def html(row: pd.Series) -> Cell:
         main, extra = parts(row)
-        return escape(main) + (f"<small>{escape(extra)}</small>" if extra else "")
+        return Cell("", main, lines=((extra, "small"),) if extra else ())
 
-    return Column(header, text, group, html=html)
+    return Column(header, text, group, html=html, unit="%")
 
 
 def _epoch_note(column: str) -> Callable[[pd.Series], str]:
     return lambda row: "" if pd.isna(row[column]) else f"epoch {int(row[column])}"
 
 
-def _delta_css(row: pd.Series) -> str:
-    value = row["delta_test_vs_parent"]
-    return "" if pd.isna(value) or value == 0 else ("pos" if value > 0 else "neg")
+def _delta(column: str, header: str) -> Column:
+    """A change versus the parent in percentage points, green when up and red when down."""
+
+    def css(row: pd.Series) -> str:
+        value = row[column]
+        return "" if pd.isna(value) or value == 0 else ("pos" if value > 0 else "neg")
+
+    return Column(header, lambda row: _signed(row[column]), OURS, css=css)
 
 
 OURS, SEED, PICKED = "ours: val-picked checkpoint (%)", "seed, as reported (%)", "test-picked (%)"
 ACCURACY, LOSS = "accuracy (%)", "loss"
 # Markdown has one header row: the group becomes a prefix where it is needed to tell columns apart.
 MD_PREFIX = {OURS: "", SEED: "seed ", PICKED: "test-picked ", ACCURACY: "", LOSS: "loss "}
+# The Δ columns: one basis each, the same on every row, named in the header (and in READING).
+DELTA_TEST, DELTA_TTA = "Δ test vs parent (no TTA, pp)", "Δ TTA vote vs parent (pp)"
 LADDER = [
     Column("#", lambda row: _int(row["rung"])),
     Column("experiment", _experiment_text, kind="name", html=_experiment_html),
@@ -111,9 +141,10 @@ LADDER = [
     Column("epoch", lambda row: _int(row["best_epoch"]), OURS),
     _pct("train_acc", OURS, "train"),
     _pct("val_acc", OURS, "val"),
-    _pct("test_acc", OURS, "test"),
-    _pct("test_acc_tta", OURS, "test TTA"),
-    Column("Δ vs parent", lambda row: _signed(row["delta_test_vs_parent"]), OURS, css=_delta_css),
+    _pct("test_acc", OURS, "test, no TTA"),
+    _pct("test_acc_tta", OURS, "test, TTA vote"),
+    _delta("delta_test_vs_parent", DELTA_TEST),
+    _delta("delta_tta_vs_parent", DELTA_TTA),
     _pct("ref_train", SEED, "train"),
     _pct("ref_val", SEED, "val"),
     _noted(
@@ -123,7 +154,7 @@ LADDER = [
         lambda row: "" if pd.isna(row["ref_test_plain"]) else f"{row['ref_test_plain']:.2f} no TTA",
     ),
     _noted(
-        "ours",
+        "ours, no TTA",
         PICKED,
         lambda row: _num(row["test_picked_test"]),
         _epoch_note("test_picked_epoch"),
@@ -145,7 +176,7 @@ CHECKPOINTS = [
     Column("epoch", lambda row: _int(row["epoch"])),
     _pct("train_acc", ACCURACY, "train"),
     _pct("val_acc", ACCURACY, "val"),
-    _pct("test_acc", ACCURACY, "test"),
+    _pct("test_acc", ACCURACY, "test, no TTA"),
     _pct("test_acc_tta", ACCURACY, "TTA vote"),
     _pct("test_acc_tta_mean", ACCURACY, "TTA mean"),
     Column("train", lambda row: _num(row["train_loss"], 4), LOSS),
@@ -161,13 +192,17 @@ CHECKPOINTS = [
 
 @dataclass(frozen=True)
 class Headline:
+    """The best experiment by the headline rule (tables.best_row) and its numbers."""
+
     experiment: str
     rung: int
     epoch: int
-    test: float  # the val-picked test score
-    test_kind: str  # "TTA vote over 10 passes", "flip TTA" or "no TTA"
-    val: float
+    test: float  # plain test accuracy at the val-picked checkpoint: the result
+    val: float  # val accuracy there: what picked the checkpoint and the experiment
+    tta: float | None  # the TTA vote at the same checkpoint, shown beside, never instead
+    tta_kind: str  # "TTA vote over 10 passes", "flip TTA", or "" without TTA
     seed: dict | None  # tables.seed_best
+    higher_test: tuple[str, int, float] | None  # another rung's higher test (name, rung, %)
 
     @property
     def versus_seed(self) -> float:
@@ -178,16 +213,29 @@ def headline(runs: Runs, ladder: pd.DataFrame) -> Headline:
     best = best_experiment(ladder)
     name, epoch = best["experiment"], int(best["best_epoch"])
     checkpoint = runs.checkpoints.set_index(["experiment", "epoch"]).loc[(name, epoch)]
-    tta = runs.settings[name]["tta"]
-    if math.isnan(best["test_acc_tta"]):
-        kind = "no TTA"
-    elif tta["augment"] == "flip":
+    tta = None if math.isnan(best["test_acc_tta"]) else float(best["test_acc_tta"])
+    if tta is None:
+        kind = ""
+    elif runs.settings[name]["tta"]["augment"] == "flip":
         kind = "flip TTA"
     else:
         kind = f"TTA vote over {int(checkpoint['tta_passes'])} passes"
-    score = float(reported_test(ladder)[best.name])
+    top = ladder.loc[ladder["test_acc"].astype(float).idxmax()]
+    higher = (
+        (top["experiment"], int(top["rung"]), float(top["test_acc"]))
+        if top["test_acc"] > best["test_acc"]
+        else None
+    )
     return Headline(
-        name, int(best["rung"]), epoch, score, kind, float(best["val_acc"]), seed_best(ladder)
+        name,
+        int(best["rung"]),
+        epoch,
+        float(best["test_acc"]),
+        float(best["val_acc"]),
+        tta,
+        kind,
+        seed_best(ladder),
+        higher,
     )
 
 
@@ -206,86 +254,113 @@ def _ladder_rows(runs: Runs, ladder: pd.DataFrame) -> pd.DataFrame:
     return ladder.assign(note=[runs.meta[n]["note"] for n in ladder["experiment"]])
 
 
+# Above the ladder table, in short; RULE says it in full.
+LADDER_NOTE = (
+    "Picked on val, reported on test: each experiment at its checkpoint with the best val "
+    "accuracy, its result the test accuracy without TTA; the TTA vote in its own columns. Each Δ "
+    "has one basis on every row, named in its header."
+)
+RULE = (
+    "every choice is made on val, every result is reported on test. Each experiment's checkpoint "
+    "is the one with the highest val accuracy (ties: the earliest epoch); the best experiment is "
+    "the one whose checkpoint has the highest val accuracy (ties: the earlier rung). Its result, "
+    "and every experiment's, is the test accuracy of that checkpoint without TTA: the same basis "
+    "for every experiment. Evaluation runs TTA on the test set only, so choosing between the "
+    "plain and the TTA number by their test accuracy would select on the test set: the TTA vote "
+    "is shown in its own column and never replaces the plain number."
+)
 READING = [
+    ("headline rule", RULE),
     (
         "val-picked",
-        "each experiment's checkpoint with the highest val accuracy (ties: the earliest); "
-        "its test accuracy is the experiment's result.",
+        "each experiment's checkpoint with the highest val accuracy (ties: the earliest).",
     ),
+    ("test, no TTA", "one pass over the test set: the experiment's result."),
     (
-        "test TTA",
+        "test, TTA vote",
         "test-time augmentation: the test set passed several times through the training "
-        "augmentations (or mirrored), the majority vote wins.",
+        "augmentations (or mirrored), the majority vote wins; at the same checkpoint.",
     ),
     (
-        "Δ test vs parent",
-        "change of the val-picked test accuracy versus the rung this one builds "
-        "on, in percentage points (TTA vote when both use TTA).",
+        DELTA_TEST,
+        "this rung's test accuracy without TTA minus its parent's (the rung it builds on), both "
+        "at their val-picked checkpoints, in percentage points: the same basis on every row, "
+        "with or without TTA on either side (ladder.csv: delta_test_vs_parent).",
+    ),
+    (
+        DELTA_TTA,
+        "the TTA vote minus the parent's TTA vote, only where both rungs use TTA "
+        "(ladder.csv: delta_tta_vs_parent).",
     ),
     (
         "test-picked",
-        "the checkpoint with the highest test accuracy: selected on the test set, so "
+        "the checkpoint with the highest test accuracy (no TTA): selected on the test set, so "
         "optimistic; shown only to compare with numbers picked that way (the seed's rung 26).",
+    ),
+    (
+        "seed",
+        "the numbers in the seed's log, as reported: its test number includes TTA where the "
+        "seed used it.",
     ),
     ("train", "running accuracy over the epoch's augmented training batches."),
 ]
 
 
-# ----------------------------------------------------------------------------------------------
-# HTML
+def _lead(top: Headline) -> list[tuple[str, bool]]:
+    """The headline as a sentence: (text, bold) pieces, for HTML and Markdown alike."""
+    pieces = [
+        (top.experiment, True),
+        (f" has the best val accuracy ({top.val:.2f} % at epoch {top.epoch}); ", False),
+        ("its test accuracy there is ", False),
+        (f"{top.test:.2f} %", True),
+        (" without TTA", False),
+    ]
+    if top.seed is None:
+        pieces.append((". The seed reported no numbers for these experiments.", False))
+    else:
+        diff = top.versus_seed
+        relation = (
+            "level with"
+            if diff == 0
+            else f"{abs(diff):.2f} percentage points {'above' if diff > 0 else 'below'}"
+        )
+        how = (
+            "a checkpoint the seed picked by its test accuracy"
+            if top.seed["picked_on_test"]
+            else "as reported, with TTA where the seed used it"
+        )
+        pieces.append((f", {relation} the seed's best, {top.seed['test']:.2f} % ({how}).", False))
+    if top.tta_kind:
+        pieces.append((f" The {top.tta_kind} gives {top.tta:.2f} %, shown beside it.", False))
+    if top.higher_test:
+        name, rung, value = top.higher_test
+        pieces.append(
+            (
+                f" Rung {rung}, {name}, has a higher test accuracy ({value:.2f} %) but a lower "
+                "val accuracy: choosing it would select on the test set.",
+                False,
+            )
+        )
+    return pieces
 
-CSS = """
-:root { --fg: #1f2933; --muted: #5f6b7a; --line: #e3e7ec; --soft: #f4f6f9; --accent: #1d4ed8;
-        --good: #15803d; --bad: #b91c1c; }
-* { box-sizing: border-box; }
-body { margin: 0; color: var(--fg); background: #fff;
-       font: 15px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
-             sans-serif; }
-main { max-width: 1440px; margin: 0 auto; padding: 36px 28px 72px; }
-h1 { font-size: 30px; margin: 0 0 4px; letter-spacing: -0.01em; }
-h2 { font-size: 20px; margin: 44px 0 14px; padding-bottom: 6px;
-     border-bottom: 1px solid var(--line); }
-.sub, .muted { color: var(--muted); }
-.sub { margin: 0; }
-.cards { display: flex; flex-wrap: wrap; gap: 16px; margin: 26px 0 10px; }
-.card { flex: 1 1 240px; background: var(--soft); border-radius: 12px; padding: 16px 20px; }
-.card .label { color: var(--muted); font-size: 12px; text-transform: uppercase;
-               letter-spacing: 0.06em; }
-.card .value { font-size: 30px; font-weight: 650; font-variant-numeric: tabular-nums;
-               overflow-wrap: anywhere; }
-.card .detail { color: var(--muted); font-size: 13.5px; }
-.lead { font-size: 16.5px; max-width: 62em; }
-.scroll { overflow-x: auto; border: 1px solid var(--line); border-radius: 10px; }
-table { border-collapse: collapse; font-size: 13.5px; }
-#ladder { width: 100%; }
-th, td { padding: 7px 9px; text-align: left; vertical-align: top;
-         border-bottom: 1px solid var(--line); }
-thead th { background: var(--soft); font-weight: 600; vertical-align: bottom; }
-thead th.group { text-align: center; border-left: 1px solid var(--line); color: var(--muted);
-                 font-weight: 500; }
-tbody tr:last-child td { border-bottom: none; }
-tbody tr:nth-child(even) { background: #fafbfc; }
-tbody tr.best { background: #eef4ff; }
-.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td small { display: block; color: var(--muted); font-size: 11.5px; }
-td.changes { min-width: 15em; max-width: 26em; font: 12.5px/1.45 ui-monospace, SFMono-Regular,
-             Menlo, Consolas, monospace; }
-.desc { display: block; color: var(--muted); font-size: 12.5px; min-width: 12em; }
-.note { font-style: italic; }
-.pos { color: var(--good); font-weight: 600; }
-.neg { color: var(--bad); font-weight: 600; }
-figure { margin: 30px 0; }
-figure img { display: block; max-width: 100%; height: auto; margin: 0 auto; }
-figcaption { color: var(--muted); font-size: 14px; max-width: 60em; margin: 8px auto 0;
-             text-align: center; }
-details { border: 1px solid var(--line); border-radius: 10px; margin: 10px 0; padding: 0 14px; }
-details[open] { padding-bottom: 12px; }
-summary { cursor: pointer; padding: 10px 0; font-weight: 600; }
-summary .muted { font-weight: 400; }
-dl { display: grid; grid-template-columns: max-content 1fr; gap: 6px 18px; font-size: 14px; }
-dt { font-weight: 600; }
-dd { margin: 0; color: var(--muted); }
-"""
+
+# ----------------------------------------------------------------------------------------------
+# HTML: what the template shows
+
+
+@dataclass(frozen=True)
+class Header:
+    text: str
+    css: str
+    colspan: int = 1
+    rowspan: int = 1
+
+
+@dataclass(frozen=True)
+class Table:
+    head: list[list[Header]]  # one or two header rows
+    rows: list[tuple[str, list[Cell]]]  # (the row's CSS class, its cells)
+    element_id: str = ""
 
 
 def _shown(columns: list[Column], rows: pd.DataFrame) -> list[Column]:
@@ -293,115 +368,71 @@ def _shown(columns: list[Column], rows: pd.DataFrame) -> list[Column]:
     return [c for c in columns if any(c.text(row) for _, row in rows.iterrows())]
 
 
-def _html_table(columns: list[Column], rows: pd.DataFrame, attrs: str = "", best: str = "") -> str:
+def _table(
+    columns: list[Column], rows: pd.DataFrame, element_id: str = "", best: str = ""
+) -> Table:
     columns = _shown(columns, rows)
-    head = _html_head(columns)
-    body = []
-    for _, row in rows.iterrows():
-        cells = []
-        for col in columns:
-            classes = " ".join(c for c in (col.kind, col.css(row)) if c)
-            content = col.html(row) if col.html else escape(col.text(row))
-            cells.append(f'<td class="{classes}">{content}</td>')
-        marked = ' class="best"' if best and row.get("experiment") == best else ""
-        body.append(f"<tr{marked}>{''.join(cells)}</tr>")
-    rows_html = "\n".join(body)
-    return f'<div class="scroll"><table{attrs}>{head}<tbody>\n{rows_html}\n</tbody></table></div>'
+    body = [
+        (
+            "best" if best and row.get("experiment") == best else "",
+            [col.cell(row) for col in columns],
+        )
+        for _, row in rows.iterrows()
+    ]
+    return Table(_head(columns), body, element_id)
 
 
-def _html_head(columns: list[Column]) -> str:
+def _head(columns: list[Column]) -> list[list[Header]]:
     """Two header rows when columns are grouped: the groups, then the columns under them."""
     if not any(c.group for c in columns):
-        cells = "".join(f'<th class="{c.kind}">{escape(c.header)}</th>' for c in columns)
-        return f"<thead><tr>{cells}</tr></thead>"
+        return [[Header(c.header, c.kind) for c in columns]]
     top, bottom, i = [], [], 0
     while i < len(columns):
         col = columns[i]
         if not col.group:
-            top.append(f'<th rowspan="2" class="{col.kind}">{escape(col.header)}</th>')
+            top.append(Header(col.header, col.kind, rowspan=2))
             i += 1
             continue
         span = 1
         while i + span < len(columns) and columns[i + span].group == col.group:
             span += 1
-        top.append(f'<th colspan="{span}" class="group">{escape(col.group)}</th>')
-        bottom += [f'<th class="num">{escape(c.header)}</th>' for c in columns[i : i + span]]
+        top.append(Header(col.group, "group", colspan=span))
+        bottom += [Header(c.header, "num") for c in columns[i : i + span]]
         i += span
-    return f"<thead><tr>{''.join(top)}</tr><tr>{''.join(bottom)}</tr></thead>"
+    return [top, bottom]
 
 
-def _cards(top: Headline) -> str:
+def _cards(top: Headline) -> list[tuple[str, str, str]]:
+    """The headline cards: (label, value, detail)."""
+    tta = f" · {top.tta_kind}: {top.tta:.2f} %" if top.tta_kind else ""
     cards = [
-        ("best experiment", escape(top.experiment), f"rung {top.rung}"),
+        ("best experiment, by val", top.experiment, f"rung {top.rung}"),
         (
-            "its test accuracy",
+            "its test accuracy, no TTA",
             f"{top.test:.2f} %",
-            f"epoch {top.epoch}, picked by val ({top.val:.2f} %) · {escape(top.test_kind)}",
+            f"epoch {top.epoch}, picked by val ({top.val:.2f} %){tta}",
         ),
     ]
     if top.seed:
         how = "picked on the test set" if top.seed["picked_on_test"] else "as reported"
-        cards.append(
-            (
-                "the seed's best",
-                f"{top.seed['test']:.2f} %",
-                f"{escape(top.seed['experiment'])}, {how} · ours {top.versus_seed:+.2f} pp",
-            )
-        )
-    return "".join(
-        f'<div class="card"><div class="label">{label}</div><div class="value">{value}</div>'
-        f'<div class="detail">{detail}</div></div>'
-        for label, value, detail in cards
-    )
+        detail = f"{top.seed['experiment']}, {how} · ours {top.versus_seed:+.2f} pp"
+        cards.append(("the seed's best", f"{top.seed['test']:.2f} %", detail))
+    return cards
 
 
-def _lead(top: Headline) -> list[tuple[str, bool]]:
-    """The headline as a sentence: (text, bold) pieces, for HTML and Markdown alike."""
-    pieces = [
-        (top.experiment, True),
-        (" reaches ", False),
-        (f"{top.test:.2f} %", True),
-        (
-            f" test accuracy ({top.test_kind}) at epoch {top.epoch}, "
-            "its checkpoint with the best val accuracy.",
-            False,
-        ),
-    ]
-    if top.seed is None:
-        return [*pieces, (" The seed reported no numbers for these experiments.", False)]
-    diff = top.versus_seed
-    relation = (
-        "level with"
-        if diff == 0
-        else f"{abs(diff):.2f} percentage points {'above' if diff > 0 else 'below'}"
-    )
-    picked = (
-        " (a checkpoint the seed picked by its test accuracy)" if top.seed["picked_on_test"] else ""
-    )
+def _figures(captions: dict[str, str], figures: Path) -> list[tuple[str, str, str]]:
+    """(name, data: URI, caption) of every figure."""
     return [
-        *pieces,
-        (f" That is {relation} the seed's best, {top.seed['test']:.2f} %{picked}.", False),
+        (name, "data:image/png;base64," + base64.b64encode(png).decode("ascii"), caption)
+        for name, caption in captions.items()
+        for png in [(figures / f"{name}.png").read_bytes()]
     ]
 
 
-def _lead_html(top: Headline) -> str:
-    text = "".join(f"<strong>{escape(t)}</strong>" if bold else escape(t) for t, bold in _lead(top))
-    return f'<p class="lead">{text}</p>'
-
-
-def _figures_html(captions: dict[str, str], figures: Path) -> str:
-    parts = []
-    for name, caption in captions.items():
-        data = base64.b64encode((figures / f"{name}.png").read_bytes()).decode("ascii")
-        parts.append(
-            f'<figure id="fig-{name}">'
-            f'<img src="data:image/png;base64,{data}" alt="{escape(caption)}">'
-            f"<figcaption>{escape(caption)}</figcaption></figure>"
-        )
-    return "\n".join(parts)
-
-
-def _checkpoints_html(runs: Runs, checkpoints: pd.DataFrame, ladder: pd.DataFrame) -> str:
+def _checkpoints(
+    runs: Runs, checkpoints: pd.DataFrame, ladder: pd.DataFrame
+) -> list[tuple[str, str, Table]]:
+    """(experiment, a line about the run, its checkpoints table) of every experiment."""
     parts = []
     for name, rows in checkpoints.groupby("experiment", sort=False):
         run = runs.run[name]
@@ -410,49 +441,47 @@ def _checkpoints_html(runs: Runs, checkpoints: pd.DataFrame, ladder: pd.DataFram
             f"{len(rows)} checkpoint{'s' * (len(rows) != 1)} · val-picked epoch {best} · "
             f"trained on {run['device']} ({run['precision']}) · code {run['code_version']}"
         )
-        parts.append(
-            f"<details><summary>{escape(name)} "
-            f'<span class="muted">— {escape(detail)}</span></summary>'
-            f"{_html_table(CHECKPOINTS, rows)}</details>"
-        )
-    return "\n".join(parts)
+        parts.append((name, detail, _table(CHECKPOINTS, rows)))
+    return parts
+
+
+def page_content(
+    runs: Runs, ladder: pd.DataFrame, checkpoints: pd.DataFrame, captions: dict, figures: Path
+) -> dict:
+    """Everything index.html shows, formatted and in order: the template's variables."""
+    top = headline(runs, ladder)
+    return {
+        "title": f"{TITLE}: {top.experiment} {top.test:.2f} %",
+        "heading": TITLE,
+        "summary": _summary(runs),
+        "cards": _cards(top),
+        "lead": _lead(top),  # (text, bold) pieces
+        "ladder_note": LADDER_NOTE,
+        "ladder": _table(LADDER, _ladder_rows(runs, ladder), "ladder", best=top.experiment),
+        "figures": _figures(captions, figures),
+        "checkpoints": _checkpoints(runs, checkpoints, ladder),
+        "reading": READING,  # (term, definition); the first is the headline rule
+        "columns": list(LADDER_COLUMNS.items()),  # ladder.csv's columns, explained
+    }
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("ladder.report", "templates"),
+        # The page and its CSS, and anything else: escaped.
+        autoescape=jinja2.select_autoescape(["html", "html.j2", "css"], default=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
 
 
 def page(
     runs: Runs, ladder: pd.DataFrame, checkpoints: pd.DataFrame, captions: dict, figures: Path
 ) -> str:
-    top = headline(runs, ladder)
-    reading = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in READING)
-    ladder_html = _html_table(
-        LADDER, _ladder_rows(runs, ladder), ' id="ladder"', best=top.experiment
-    )
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{TITLE}: {escape(top.experiment)} {top.test:.2f} %</title>
-<style>{CSS}</style>
-</head>
-<body>
-<main>
-<header><h1>{TITLE}</h1><p class="sub">{escape(_summary(runs))}</p></header>
-<div class="cards">{_cards(top)}</div>
-{_lead_html(top)}
-<h2>The ladder</h2>
-{ladder_html}
-<h2>Figures</h2>
-{_figures_html(captions, figures)}
-<h2>Checkpoints</h2>
-<p class="muted">Every evaluated checkpoint of every experiment (also in checkpoints.csv).</p>
-{_checkpoints_html(runs, checkpoints, ladder)}
-<h2>How to read this page</h2>
-<dl>{reading}</dl>
-<p class="muted">Accuracies in %. Tables as CSV: ladder.csv, checkpoints.csv.</p>
-</main>
-</body>
-</html>
-"""
+    content = page_content(runs, ladder, checkpoints, captions, figures)
+    return _environment().get_template(TEMPLATE).render(**content)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -463,11 +492,15 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _md_header(column: Column) -> str:
+    unit = f" ({column.unit})" if column.unit else ""
+    return MD_PREFIX.get(column.group, "") + column.header + unit
+
+
 def _md_table(columns: list[Column], rows: pd.DataFrame) -> str:
     columns = _shown(columns, rows)
-    headers = [MD_PREFIX.get(c.group, "") + c.header for c in columns]
     lines = [
-        "| " + " | ".join(map(_md_cell, headers)) + " |",
+        "| " + " | ".join(_md_cell(_md_header(c)) for c in columns) + " |",
         "|" + "|".join("---:" if c.numeric else "---" for c in columns) + "|",
     ]
     lines += [
@@ -481,6 +514,7 @@ def markdown(runs: Runs, ladder: pd.DataFrame, checkpoints: pd.DataFrame, captio
     top = headline(runs, ladder)
     lead = "".join(f"**{t}**" if bold else t for t, bold in _lead(top))
     reading = "\n".join(f"- **{k}**: {v}" for k, v in READING)
+    columns = "\n".join(f"- `{k}`: {v}" for k, v in LADDER_COLUMNS.items())
     figures = "\n\n".join(
         f"![{name}](figures/{name}.png)\n\n*{caption}*" for name, caption in captions.items()
     )
@@ -493,7 +527,7 @@ def markdown(runs: Runs, ladder: pd.DataFrame, checkpoints: pd.DataFrame, captio
 
 ## The ladder
 
-Accuracy in %; "ours" at each experiment's val-picked checkpoint.
+Accuracy in %, differences in percentage points (pp). {LADDER_NOTE}
 
 {_md_table(LADDER, _ladder_rows(runs, ladder))}
 
@@ -508,6 +542,10 @@ Accuracy in %; "ours" at each experiment's val-picked checkpoint.
 ## How to read this report
 
 {reading}
+
+Columns of ladder.csv:
+
+{columns}
 """
 
 

@@ -2,6 +2,13 @@
 what each rung changes versus its parent.
 
 Accuracies become % as they are read, so every table, figure and page shows the same unit.
+
+The headline rule (RULE, shown on the page): every choice is made on val, every result is
+reported on test. An experiment's checkpoint is its best on val; the best experiment is the one
+whose checkpoint has the best val accuracy; the number reported is plain test accuracy (one pass,
+no TTA) at that checkpoint, the same basis for every experiment. Evaluation runs TTA on the test
+split only, so choosing between plain and TTA by their test accuracy would select on the test
+set: the TTA vote is its own column (and Δ), never a stand-in for the plain number.
 """
 
 from __future__ import annotations
@@ -24,15 +31,36 @@ HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_ac
 STEPS_COLUMNS = ["step", "epoch", "lr", "loss", "acc"]
 REFERENCE_KEYS = ("train", "val", "test", "test_plain")
 
-LADDER_COLUMNS = [
-    "rung", "experiment", "parent", "changes", "epochs", "best_epoch",
-    "train_acc", "val_acc", "test_acc", "test_acc_tta", "test_acc_tta_mean",
-    "delta_test_vs_parent",
-    "ref_train", "ref_val", "ref_test", "ref_test_plain",
-    "ref_test_picked_epoch", "ref_test_picked_test",
-    "test_picked_epoch", "test_picked_test",
-    "description",
-]  # fmt: skip
+# ladder.csv's columns and what each means (shown on the page; other tools read these names).
+LADDER_COLUMNS: dict[str, str] = {
+    "rung": "position in the report, from 1",
+    "experiment": "experiment name",
+    "parent": "the experiment this one is a diff of (its base), empty for a root",
+    "changes": "settings that differ from the parent's (defaults a key takes on are not changes)",
+    "epochs": "epochs trained",
+    "best_epoch": "the val-picked checkpoint: highest val accuracy, ties to the earliest epoch",
+    "train_acc": "train accuracy (%) in that epoch (running, over augmented batches)",
+    "val_acc": "val accuracy (%) at the val-picked checkpoint",
+    "test_acc": "test accuracy (%) at the val-picked checkpoint, no TTA: the experiment's result",
+    "test_acc_tta": "test accuracy (%) of the TTA majority vote at the same checkpoint; empty "
+    "without TTA",
+    "test_acc_tta_mean": "mean test accuracy (%) of the single TTA passes; empty without TTA",
+    "delta_test_vs_parent": "test_acc minus the parent's test_acc (percentage points): no TTA on "
+    "either side, on every row; empty without a parent in the report",
+    "delta_tta_vs_parent": "test_acc_tta minus the parent's test_acc_tta (percentage points); "
+    "only where both use TTA",
+    "best": "true for the best experiment: highest val_acc (ties: the earlier rung)",
+    "ref_train": "the seed's reported train accuracy (%)",
+    "ref_val": "the seed's reported val accuracy (%)",
+    "ref_test": "the seed's reported test accuracy (%), with TTA where the seed used it",
+    "ref_test_plain": "the seed's reported test accuracy (%) without TTA, where it gave both",
+    "ref_test_picked_epoch": "epoch of a checkpoint the seed picked by its test accuracy",
+    "ref_test_picked_test": "the seed's test accuracy (%) of that checkpoint",
+    "test_picked_epoch": "our checkpoint with the highest test accuracy, no TTA (ties: the "
+    "earliest): selected on the test set, for comparison only",
+    "test_picked_test": "its test accuracy (%), no TTA: optimistic, selected on the test set",
+    "description": "one line from params.yaml",
+}
 CHECKPOINT_COLUMNS = [
     "experiment", "epoch", "train_acc", "val_acc", "test_acc", "test_acc_tta", "test_acc_tta_mean",
     "tta_passes", "train_loss", "val_loss", "test_loss", "val_picked", "test_picked",
@@ -221,11 +249,6 @@ def _read_experiment(name: str, configs: Path, run: Path) -> tuple:
 # The ladder and checkpoints tables
 
 
-def reported_test(rows: pd.DataFrame) -> pd.Series:
-    """The headline test accuracy: the TTA vote where an experiment has TTA, else plain."""
-    return rows["test_acc_tta"].fillna(rows["test_acc"])
-
-
 def _picked(checkpoints: pd.DataFrame, score: pd.Series) -> pd.DataFrame:
     """Each experiment's checkpoint with the highest `score`; ties go to the earliest epoch."""
     ranked = checkpoints.assign(_score=score).sort_values(
@@ -240,16 +263,20 @@ def picked_on_val(runs: Runs) -> pd.DataFrame:
 
 
 def picked_on_test(runs: Runs) -> pd.DataFrame:
-    """The checkpoint with the best test accuracy: selected on the test set, only for comparison
-    with numbers picked that way (the seed's rung 26)."""
-    return _picked(runs.checkpoints, reported_test(runs.checkpoints))
+    """The checkpoint with the best plain test accuracy: selected on the test set, only for
+    comparison with numbers picked that way (the seed's rung 26)."""
+    return _picked(runs.checkpoints, runs.checkpoints["test_acc"])
 
 
-def _delta(child: pd.Series, parent: pd.Series) -> float:
-    """Test accuracy change versus the parent: TTA vote when both have it, else plain."""
-    if not (math.isnan(child["test_acc_tta"]) or math.isnan(parent["test_acc_tta"])):
-        return child["test_acc_tta"] - parent["test_acc_tta"]
-    return child["test_acc"] - parent["test_acc"]
+def _deltas(child: pd.Series, parent: pd.Series | None) -> dict[str, float]:
+    """Change versus the parent, each on one basis on every row: plain test minus plain test, and
+    TTA vote minus TTA vote (NaN unless both have TTA). Never one basis for the other."""
+    if parent is None:
+        return {"delta_test_vs_parent": math.nan, "delta_tta_vs_parent": math.nan}
+    return {
+        "delta_test_vs_parent": child["test_acc"] - parent["test_acc"],
+        "delta_tta_vs_parent": child["test_acc_tta"] - parent["test_acc_tta"],  # NaN propagates
+    }
 
 
 def ladder_table(runs: Runs) -> pd.DataFrame:
@@ -271,16 +298,18 @@ def ladder_table(runs: Runs) -> pd.DataFrame:
                 "best_epoch": pick["epoch"],
                 "train_acc": history.loc[(name, pick["epoch"]), "train_acc"],
                 **pick[["val_acc", "test_acc", "test_acc_tta", "test_acc_tta_mean"]].to_dict(),
-                "delta_test_vs_parent": _delta(pick, best.loc[parent]) if in_report else math.nan,
+                **_deltas(pick, best.loc[parent] if in_report else None),
+                "best": False,
                 **{k: meta[k] for k in LADDER_COLUMNS if k.startswith("ref_")},
                 "test_picked_epoch": by_test.loc[name, "epoch"],
-                "test_picked_test": reported_test(by_test.loc[[name]]).iloc[0],
+                "test_picked_test": by_test.loc[name, "test_acc"],
                 "description": meta["description"],
             }
         )
     ints = ["rung", "epochs", "best_epoch", "ref_test_picked_epoch", "test_picked_epoch"]
     refs = [c for c in LADDER_COLUMNS if c.startswith("ref_") and c not in ints]  # None -> NaN
-    table = pd.DataFrame(rows, columns=LADDER_COLUMNS)
+    table = pd.DataFrame(rows, columns=list(LADDER_COLUMNS))
+    table.loc[best_row(table), "best"] = True
     return table.astype({c: "Int64" for c in ints} | {c: float for c in refs})
 
 
@@ -308,9 +337,16 @@ def checkpoints_table(runs: Runs) -> pd.DataFrame:
     return table[CHECKPOINT_COLUMNS]
 
 
+def best_row(ladder: pd.DataFrame):
+    """The index of the best experiment's row: the highest val accuracy at the val-picked
+    checkpoint (ties: the earlier rung). Chosen on val, as checkpoints are: picking the highest
+    test accuracy among many rungs would select on the test set."""
+    return ladder["val_acc"].astype(float).idxmax()
+
+
 def best_experiment(ladder: pd.DataFrame) -> pd.Series:
-    """The ladder row with the highest val-picked test score (ties: the earlier rung)."""
-    return ladder.loc[reported_test(ladder).idxmax()]
+    """The best experiment's ladder row (see `best_row`); its result is its plain `test_acc`."""
+    return ladder.loc[best_row(ladder)]
 
 
 def seed_best(ladder: pd.DataFrame) -> dict | None:
@@ -328,19 +364,28 @@ def seed_best(ladder: pd.DataFrame) -> dict | None:
 
 
 def metrics(ladder: pd.DataFrame) -> dict:
-    """metrics.json for `dvc metrics show/diff`: numbers only (%, 2 decimals), no NaN."""
+    """metrics.json for `dvc metrics show/diff`: the best experiment by name, then every
+    experiment by name; accuracies in % (2 decimals), no NaN."""
 
     def numbers(row: pd.Series, columns: tuple[str, ...]) -> dict:
         return {c: round(float(row[c]), 2) for c in columns if not pd.isna(row[c])}
 
-    columns = ("train_acc", "val_acc", "test_acc", "test_acc_tta", "delta_test_vs_parent")
+    columns = (
+        "train_acc",
+        "val_acc",
+        "test_acc",
+        "test_acc_tta",
+        "delta_test_vs_parent",
+        "delta_tta_vs_parent",
+    )
     best = best_experiment(ladder)
     return {
+        # Keyed by name (rung numbers shift with the selection); `test` is plain, as on the page.
         "best": {
-            "rung": int(best["rung"]),
+            "experiment": best["experiment"],
             "epoch": int(best["best_epoch"]),
-            "test": round(float(reported_test(ladder)[best.name]), 2),
-            **numbers(best, ("val_acc",)),
+            "test": round(float(best["test_acc"]), 2),
+            **numbers(best, ("val_acc", "test_acc_tta")),
         },
         "experiments": {
             row["experiment"]: {"best_epoch": int(row["best_epoch"]), **numbers(row, columns)}
@@ -370,7 +415,9 @@ def changes(parent: dict | None, child: dict) -> str:
     Both are resolved settings: train.json with evaluate.json under "tta". Keys come in the
     schema's order (training settings, then tta): a section's new `name` first
     (`model resnet18→efficientnet_v2_s`), changed leaves as `key old→new`, added or removed
-    ones as `+key=value` / `-key`. Augmentations by op: `+blur(p=0.3, kernel=3, ...)` when
+    ones as `+key=value` / `-key`, unless the value is the schema's default: a key that only
+    comes with a new model or schedule (`model.shakedrop.p_drop` of 0, `eta_min` of 0) changes
+    nothing. Augmentations by op: `+blur(p=0.3, kernel=3, ...)` when
     switched on, `-blur` when off, else `translate.p 0.6→0.8`. Optimizer and schedule keys drop
     their section (`lr`, `t_max`). None as parent: the root, "—".
     """
@@ -390,7 +437,7 @@ def changes(parent: dict | None, child: dict) -> str:
                 items += _op_changes(op, *ops)
             continue
         a, b = old.get(key, _MISSING), new.get(key, _MISSING)
-        if a is not _MISSING and b is not _MISSING and a == b:
+        if a == b or (_MISSING in (a, b) and _is_default(key, b if a is _MISSING else a)):
             continue
         if rest == "name" and _MISSING not in (a, b):
             items.append(f"{section} {_fmt(a)}→{_fmt(b)}")
@@ -452,18 +499,39 @@ def _fmt(value) -> str:
 def _properties(path: tuple[str, ...]) -> tuple[str, ...]:
     """Property names of the schema node at `path` below an experiment, in the schema's order.
     At the top, the evaluation keys (tta) go last: they are not training settings."""
-    defs = config.schema()["$defs"]
-    node = defs["experiment"]
+    node = config.schema()["$defs"]["experiment"]
     for part in path:
-        node = node.get("properties", {}).get(part, {})
-        if "$ref" in node:
-            node = {**defs[node["$ref"].rsplit("/", 1)[1]], **node}
-    names = list(node.get("properties", {}))
-    for option in node.get("oneOf", []):
-        names += [n for n in option.get("properties", {}) if n not in names]
+        node = _node_properties(node).get(part, {})
+    names = list(_node_properties(node))
     if not path:
         names = [n for n in names if n not in config.EVAL_KEYS] + list(config.EVAL_KEYS)
     return tuple(names)
+
+
+def _is_default(key: str, value) -> bool:
+    """Whether `value` is the schema's default for the dotted settings `key`."""
+    node = config.schema()["$defs"]["experiment"]
+    for part in key.split("."):
+        node = _node_properties(node).get(part)
+        if node is None:
+            return False
+    return "default" in _deref(node) and config.defaults(node) == value
+
+
+def _deref(node: dict) -> dict:
+    if "$ref" not in node:
+        return node
+    return {**config.schema()["$defs"][node["$ref"].rsplit("/", 1)[1]], **node}
+
+
+def _node_properties(node: dict) -> dict:
+    """A schema node's properties, those of its `oneOf` options included."""
+    node = _deref(node)
+    props = dict(node.get("properties", {}))
+    for option in node.get("oneOf", []):
+        for name, sub in option.get("properties", {}).items():
+            props.setdefault(name, sub)
+    return props
 
 
 def _rank(key: str) -> tuple:
