@@ -1,12 +1,19 @@
 """Synthetic inputs of `ladder report`: the files configure, train and evaluate would write, for
-three tiny experiments with hand-picked accuracies (so the tests know every expected number)."""
+three tiny experiments with hand-picked accuracies (so the tests know every expected number), and
+optionally seed replicates of two of them.
+
+Per-image predictions: `correct(name, split, epoch)` is the bool array the fixture's predictions
+give on VAL/TEST images: a run with accuracy k/n gets a window of k consecutive images right,
+starting at an offset of its own (OFFSETS), so two runs agree on most images and disagree on a
+few at both ends, as real runs do; the tests count the expected statistics from these arrays."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from ladder import config, io, manifest
+import pandas as pd
+from ladder import config, io, manifest, predictions
 
 # a -> b -> c. b: dropout up, blur off, TTA on; c: translation, and log_every beyond an epoch
 # (20 images / batch 4 = 5 steps), so its steps.csv has no rows.
@@ -62,17 +69,61 @@ RESULTS = {
     },
 }
 
+# Seed replicates: a in three runs (a, a_s1, a_s2), b in two (b, b_s1). The sets' test accuracies
+# at their val-picked checkpoints: a 40, 42, 44 (mean 42); b 55, 57 (mean 56); c 56 (one run).
+# b's set stays the best on val (mean 71), c the runner-up (66).
+REPLICATES = {
+    "a_s1": {"base": "a", "replicate_of": "a", "seed": 1, "description": "a, seed 1"},
+    "a_s2": {"base": "a", "replicate_of": "a", "seed": 2, "description": "a, seed 2"},
+    "b_s1": {"base": "b", "replicate_of": "b", "seed": 1, "description": "b, seed 1"},
+}
+REPLICATE_RESULTS = {
+    "a_s1": {"train": [0.3, 0.6, 0.7], "val": [0.2, 0.52, 0.5], "test": [0.1, 0.42, 0.6],
+             "tta": None},
+    "a_s2": {"train": [0.3, 0.6, 0.8], "val": [0.25, 0.45, 0.51], "test": [0.1, 0.4, 0.44],
+             "tta": None},
+    "b_s1": {"train": [0.4, 0.7, 0.9], "val": [0.4, 0.6, 0.72], "test": [0.5, 0.5, 0.57],
+             "tta": [0.5, 0.55, 0.6]},
+}  # fmt: skip
+
 CLASSES = ["goldfish, Carassius auratus", "bullfrog", "tabby cat", "school bus"]
-IMAGES, IMAGE_SIZE = 20, 16
+IMAGES, IMAGE_SIZE = 20, 16  # train images (the steps per epoch), their size
+VAL, TEST = 100, 100  # val and test images: every accuracy above is a whole count of them
+OFFSETS = {"a": 0, "b": 5, "c": 10, "a_s1": 3, "a_s2": 7, "b_s1": 12}
+
+
+def labels(split: str) -> np.ndarray:
+    return np.arange(VAL if split == "val" else TEST) % len(CLASSES)
+
+
+def correct(name: str, split: str, epoch: int, results: dict | None = None) -> np.ndarray:
+    """Which images of `split` ("val", "test" or "tta") run `name` gets right at `epoch`: a window
+    of round(accuracy * n) images from its offset on, wrapping around."""
+    results = {**RESULTS, **REPLICATE_RESULTS, **(results or {})}[name]
+    n = VAL if split == "val" else TEST
+    k = round(results[split][epoch - 1] * n)
+    out = np.zeros(n, dtype=bool)
+    out[(OFFSETS[name] + np.arange(k)) % n] = True
+    return out
+
+
+def _predicted(name: str, split: str, epoch: int, results: dict) -> np.ndarray:
+    """Class indices: the label where `correct`, the next class where not."""
+    y = labels("val" if split == "val" else "test")
+    return np.where(correct(name, split, epoch, results), y, (y + 1) % len(CLASSES))
 
 
 def write_inputs(
-    root: Path, names: list[str] | None = None, results: dict | None = None
+    root: Path,
+    names: list[str] | None = None,
+    results: dict | None = None,
+    replicates: bool = False,
 ) -> dict[str, Path]:
     """Write every input of build_report under `root`; return its path arguments. `results`
-    replaces experiments' entries of RESULTS."""
-    params = config.Params.from_dict(PARAMS)
-    results = {**RESULTS, **(results or {})}
+    replaces experiments' entries of RESULTS; `replicates` adds REPLICATES."""
+    experiments = {**PARAMS["experiments"], **(REPLICATES if replicates else {})}
+    params = config.Params.from_dict({**PARAMS, "experiments": experiments})
+    results = {**RESULTS, **REPLICATE_RESULTS, **(results or {})}
     paths = {
         "selection": root / "configs" / "selection.json",
         "configs": root / "configs" / "experiments",
@@ -121,6 +172,13 @@ def _write_run(run: Path, name: str, exp: config.Experiment, results: dict) -> N
     with manifest.folder(run / "eval") as tmp:
         for e in exp.checkpoint_epochs:
             io.write_json(tmp / f"epoch_{e:03d}.json", _evaluation(name, e, exp, results))
+            kinds = {"val_plain": "val", "test_plain": "test"}
+            if results["tta"]:
+                kinds["test_tta"] = "tta"
+            arrays = {
+                kind: _predicted(name, split, e, {name: results}) for kind, split in kinds.items()
+            }
+            io.write_bytes(tmp / f"epoch_{e:03d}.npz", predictions.to_bytes(arrays))
 
 
 def _evaluation(name: str, epoch: int, exp: config.Experiment, results: dict) -> dict:
@@ -138,13 +196,13 @@ def _evaluation(name: str, epoch: int, exp: config.Experiment, results: dict) ->
                 "index": i,
                 "id": f"n{i:08d}",
                 "name": label,
-                "count": 5,
+                "count": TEST // len(CLASSES),
                 "test_acc": test * (i + 1) / len(CLASSES),
                 "tta_acc": None if tta is None else tta * (i + 1) / len(CLASSES),
             }
             for i, label in enumerate(CLASSES)
         ],
-        "images": {"val": 20, "test": 20},
+        "images": {"val": VAL, "test": TEST},
     }
 
 
@@ -155,7 +213,21 @@ def _write_data(data: Path) -> None:
             tmp / "train_x.npy",
             rng.integers(0, 256, (IMAGES, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),
         )
+        for split in ("val", "test"):
+            np.save(tmp / f"{split}_y.npy", labels(split))
         io.write_json(
             tmp / "classes.json",
             [{"index": i, "id": f"n{i:08d}", "name": label} for i, label in enumerate(CLASSES)],
         )
+
+
+def md_ladder(report: Path) -> pd.DataFrame:
+    """report.md's ladder table, as text cells under its headers."""
+    lines = (report / "report.md").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| # |"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return pd.DataFrame(rows[2:], columns=rows[0])

@@ -281,3 +281,87 @@ def test_seed_ladder_is_complete():
         "warmup_epochs": 0,
     }
     assert yaml.safe_load((REPO / "params.yaml").read_text())["run"] == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Seed replicates (`replicate_of`)
+
+CNN = {"model": {"name": "mynet", "blocks": 1, "width": 8}, "epochs": 3, "tta": {"passes": 2}}
+
+
+def test_a_seed_replicate_resolves_as_an_experiment_of_its_own():
+    p = params({"cnn": CNN, "cnn_s1": {"base": "cnn", "replicate_of": "cnn", "seed": 1}})
+    replicate, primary = p.experiments["cnn_s1"], p.experiments["cnn"]
+    assert replicate.meta["replicate_of"] == "cnn"
+    assert primary.meta["replicate_of"] == ""
+    assert replicate.train == {**primary.train, "seed": 1}
+    assert replicate.fingerprint != primary.fingerprint  # its own training job and resume state
+    assert p.settings_files()["experiments/cnn_s1/report.json"]["replicate_of"] == "cnn"
+    # Not inherited: a rung built on a replicate is no replicate.
+    child = params({**p.raw["experiments"], "next": {"base": "cnn_s1", "epochs": 4}})
+    assert child.experiments["next"].meta["replicate_of"] == ""
+
+
+@pytest.mark.parametrize(
+    ("diff", "message"),
+    [
+        (
+            {"seed": 1, "epochs": 4},
+            r"experiments\.cnn_s1\.replicate_of: a seed replicate must train as cnn does except "
+            r"for `seed`, but epochs differs \(4 here, 3 in cnn\)",
+        ),
+        (
+            {"seed": 1, "model": {"width": 16}},
+            r"cnn_s1\.replicate_of: .* except for `seed`, but model\.width differs "
+            r"\(16 here, 8 in cnn\)",
+        ),
+        (
+            {"seed": 1, "tta": {"passes": 5}},
+            r"cnn_s1\.replicate_of: a seed replicate must be evaluated as cnn is, but "
+            r"tta\.passes differs \(5 here, 2 in cnn\)",
+        ),
+        (
+            {},
+            r"cnn_s1\.replicate_of: cnn_s1 has seed 0, as cnn has: a replicate needs a seed of "
+            r"its own \(e\.g\. seed: 1\)",
+        ),
+    ],
+    ids=["epochs", "nested-key", "tta", "same-seed"],
+)
+def test_a_replicate_that_differs_in_more_than_its_seed_is_refused(diff, message):
+    with pytest.raises(ConfigError, match=message):
+        params({"cnn": CNN, "cnn_s1": {"base": "cnn", "replicate_of": "cnn", **diff}})
+
+
+def test_two_replicates_with_the_same_seed_are_refused():
+    with pytest.raises(ConfigError, match=r"experiments\.b\.replicate_of: b has seed 1, as a has"):
+        params(
+            {
+                "cnn": CNN,
+                "a": {"base": "cnn", "replicate_of": "cnn", "seed": 1},
+                "b": {"base": "cnn", "replicate_of": "cnn", "seed": 1},
+            }
+        )
+
+
+def test_replicate_of_names_an_experiment_that_is_no_replicate_itself():
+    with pytest.raises(
+        ConfigError,
+        match=r"test\.yaml: experiments\.cnn_s1\.replicate_of: unknown experiment 'cn' "
+        r"\(did you mean 'cnn'\?\)",
+    ):
+        params({"cnn": CNN, "cnn_s1": {"base": "cnn", "replicate_of": "cn", "seed": 1}})
+    with pytest.raises(ConfigError, match=r"cnn\.replicate_of: an experiment cannot be a replic"):
+        params({"cnn": {**CNN, "replicate_of": "cnn"}})
+    with pytest.raises(
+        ConfigError,
+        match=r"cnn_s2\.replicate_of: 'cnn_s1' is itself a replicate of 'cnn'; write "
+        r"replicate_of: cnn",
+    ):
+        params(
+            {
+                "cnn": CNN,
+                "cnn_s1": {"base": "cnn", "replicate_of": "cnn", "seed": 1},
+                "cnn_s2": {"base": "cnn", "replicate_of": "cnn_s1", "seed": 2},
+            }
+        )

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from ladder import config, evaluate, manifest, models, train
+from ladder import config, evaluate, manifest, models, predictions, train
 
 
 def test_majority_vote_with_ties_broken_by_summed_probabilities():
@@ -80,6 +80,14 @@ def test_a_missing_checkpoint(tmp_path):
         evaluate.load_checkpoint(tmp_path / "nope.pt")
 
 
+def _varied(model: torch.nn.Module) -> torch.nn.Module:
+    """Larger weights: an untrained model whose predictions differ from image to image."""
+    with torch.no_grad():
+        for weights in model.parameters():
+            weights.mul_(8)
+    return model
+
+
 def _run_dir(tmp_path):
     """A tiny trained-looking run: config.json and one checkpoint of an untrained mynet, and
     prepared val/test data, each folder with its manifest as the stages write them."""
@@ -97,7 +105,7 @@ def _run_dir(tmp_path):
     ).experiments["x"]
     run = tmp_path / "run"
     torch.manual_seed(0)
-    model = models.build(settings.train["model"], 3, 8)
+    model = _varied(models.build(settings.train["model"], 3, 8))
     with manifest.folder(run / "checkpoints") as tmp:
         train.save_checkpoint(model, tmp / "epoch_001.pt")
     (run / "config.json").write_text(
@@ -190,7 +198,7 @@ def test_only_new_checkpoints_are_evaluated_again(tmp_path, caplog):
     with manifest.folder(run / "checkpoints") as tmp:  # training went on: a second checkpoint
         shutil.copy2(run / "checkpoints" / "epoch_001.pt", tmp / "epoch_001.pt")
         torch.manual_seed(1)
-        model = models.build(config_json["settings"]["model"], 3, 8)
+        model = _varied(models.build(config_json["settings"]["model"], 3, 8))
         train.save_checkpoint(model, tmp / "epoch_002.pt")
     (run / "config.json").write_text(json.dumps({**config_json, "checkpoint_epochs": [1, 2]}))
     with caplog.at_level("INFO", logger="ladder.evaluate"):
@@ -201,3 +209,106 @@ def test_only_new_checkpoints_are_evaluated_again(tmp_path, caplog):
     assert not any("x epoch 1:" in r.message for r in caplog.records)
     assert outs[0].read_bytes() == before
     assert len(list((tmp_path / "cache" / "x").glob("*.json"))) == 2
+    assert len(list((tmp_path / "cache" / "x").glob("*.npz"))) == 2
+    for epoch in (1, 2):  # each checkpoint's own predictions, the cached one's included
+        result = json.loads((run / "eval" / f"epoch_{epoch:03d}.json").read_text())
+        recounted = _accuracies_from_predictions(run, data, epoch)
+        assert recounted["test_plain"] == pytest.approx(result["test"]["acc"], abs=1e-6)
+        assert recounted["test_tta"] == pytest.approx(result["tta"]["vote_acc"], abs=1e-6)
+    first, second = (_accuracies_from_predictions(run, data, e) for e in (1, 2))
+    assert first != second  # two different models: a copied file would be caught above
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-image predictions beside every evaluation
+
+
+def _accuracies_from_predictions(run, data, epoch: int = 1) -> dict:
+    """Accuracies recounted from eval/epoch_NNN.npz and the prepared labels."""
+    y = {split: np.load(data / f"{split}_y.npy") for split in ("val", "test")}
+    with np.load(run / "eval" / f"epoch_{epoch:03d}.npz") as npz:
+        assert all(npz[k].dtype == np.int16 for k in npz.files)
+        assert len(np.unique(npz["test_plain"])) > 1  # else a shuffled file would pass
+        return {k: float((npz[k] == y[predictions.SPLITS[k]]).mean()) for k in npz.files}
+
+
+@pytest.mark.parametrize("augment", ["train", "flip"])
+def test_predictions_agree_with_the_json_accuracies_fresh_and_cached(tmp_path, caplog, augment):
+    run, data = _run_dir(tmp_path)
+    tta = {"passes": 3, "augment": augment, "seed": 0}
+    for evaluated_before in (0, 1):  # computed, then rebuilt from the cache
+        caplog.clear()
+        with caplog.at_level("INFO", logger="ladder.evaluate"):
+            (out,) = _evaluate(run, tta, data, tmp_path)
+        assert f"1 checkpoint(s), {evaluated_before} evaluated before" in caplog.text
+        result = json.loads(out.read_text())
+        recounted = _accuracies_from_predictions(run, data)
+        assert set(recounted) == {"val_plain", "test_plain", "test_tta"}
+        assert recounted["val_plain"] == pytest.approx(result["val"]["acc"], abs=1e-6)
+        assert recounted["test_plain"] == pytest.approx(result["test"]["acc"], abs=1e-6)
+        assert recounted["test_tta"] == pytest.approx(result["tta"]["vote_acc"], abs=1e-6)
+    # The eval folder's manifest lists the predictions with the results.
+    assert set(manifest.read(run / "eval")["files"]) == {"epoch_001.json", "epoch_001.npz"}
+
+
+def test_predictions_without_tta_have_no_tta_array(tmp_path):
+    run, data = _run_dir(tmp_path)
+    _evaluate(run, {"passes": 0, "augment": "train", "seed": 0}, data, tmp_path)
+    recounted = _accuracies_from_predictions(run, data)
+    assert set(recounted) == {"val_plain", "test_plain"}
+    result = json.loads((run / "eval" / "epoch_001.json").read_text())
+    assert recounted["test_plain"] == pytest.approx(result["test"]["acc"], abs=1e-6)
+
+
+def test_predictions_are_byte_identical_when_computed_again(tmp_path):
+    run, data = _run_dir(tmp_path)
+    tta = {"passes": 2, "augment": "train", "seed": 0}
+    _evaluate(run, tta, data, tmp_path)
+    first = (run / "eval" / "epoch_001.npz").read_bytes()
+    shutil.rmtree(tmp_path / "cache")
+    _evaluate(run, tta, data, tmp_path)
+    assert (run / "eval" / "epoch_001.npz").read_bytes() == first
+
+
+def _cut_short(path):
+    path.write_bytes(path.read_bytes()[:-40])
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[60] ^= 0xFF  # inside the first member's deflated bytes: its CRC no longer matches
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_cut_short, _flip_a_byte, lambda p: p.unlink()])
+def test_a_damaged_or_missing_cached_prediction_is_evaluated_again(tmp_path, caplog, damage):
+    run, data = _run_dir(tmp_path)
+    tta = {"passes": 2, "augment": "train", "seed": 0}
+    _evaluate(run, tta, data, tmp_path)
+    (cached,) = (tmp_path / "cache" / "x").glob("*.npz")
+    good = cached.read_bytes()
+    damage(cached)
+    with caplog.at_level("INFO", logger="ladder.evaluate"):
+        _evaluate(run, tta, data, tmp_path)
+    assert "1 checkpoint(s), 0 evaluated before" in caplog.text
+    assert cached.read_bytes() == good
+    assert (run / "eval" / "epoch_001.npz").read_bytes() == good
+
+
+def test_predictions_file_format_round_trips_and_refuses_surprises(tmp_path):
+    arrays = {"val_plain": np.array([0, 3, 199]), "test_plain": np.array([5, 5])}
+    path = tmp_path / "p.npz"
+    path.write_bytes(predictions.to_bytes(arrays))
+    assert predictions.to_bytes(arrays) == path.read_bytes()  # no timestamps inside
+    read = predictions.read(path, {"val_plain": 3, "test_plain": 2})
+    assert read["val_plain"].tolist() == [0, 3, 199]
+    assert read["val_plain"].dtype == np.int16
+    only = predictions.read(path, {"val_plain": 3, "test_plain": 2}, kinds=("test_plain",))
+    assert list(only) == ["test_plain"]  # the others listed, not read
+    with pytest.raises(predictions.PredictionsError, match=r"p.npz: holds test_plain, val_plain"):
+        predictions.read(path, {"val_plain": 3, "test_plain": 2, "test_tta": 2})
+    with pytest.raises(predictions.PredictionsError, match=r"p.npz: val_plain is int16 \(3,\)"):
+        predictions.read(path, {"val_plain": 4, "test_plain": 2})
+    _cut_short(path)
+    with pytest.raises(predictions.PredictionsError, match=r"p.npz: unreadable or cut short"):
+        predictions.read(path, {"val_plain": 3, "test_plain": 2})

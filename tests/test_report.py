@@ -12,10 +12,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from ladder import io, manifest
 from ladder.report import build_report, figures
 from ladder.report.html import DELTA_TEST, DELTA_TTA
 from ladder.report.tables import changes
-from report_fixtures import RESULTS, write_inputs
+from report_fixtures import RESULTS, md_ladder, write_inputs
 
 FIGURES = {
     "accuracy_vs_step",
@@ -300,18 +301,6 @@ def test_markdown_has_the_tables_and_links_the_figures(report):
     assert len([line for line in lines if line.startswith(("| a |", "| b |", "| c |"))]) == 9
 
 
-def _md_ladder(report: Path) -> pd.DataFrame:
-    """report.md's ladder table, as text cells under its headers."""
-    lines = (report / "report.md").read_text(encoding="utf-8").splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| # |"))
-    rows = []
-    for line in lines[start:]:
-        if not line.startswith("|"):
-            break
-        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
-    return pd.DataFrame(rows[2:], columns=rows[0])
-
-
 def test_delta_has_one_basis_on_every_row_and_its_header_names_it(report):
     """b has TTA and its parent a has not; c and its parent b both have TTA: Δ is plain minus
     plain on both rows, the TTA Δ only where both have TTA, and the headers say so."""
@@ -327,9 +316,9 @@ def test_delta_has_one_basis_on_every_row_and_its_header_names_it(report):
     # The headers name the basis.
     assert DELTA_TEST == "Δ test vs parent (no TTA, pp)"
     assert DELTA_TTA == "Δ TTA vote vs parent (pp)"
-    md = _md_ladder(report)
-    assert md[DELTA_TEST].tolist() == ["", "+15.00", "+1.00"]
-    assert md[DELTA_TTA].tolist() == ["", "", "+2.00"]
+    md = md_ladder(report)  # each Δ first, then its interval and p-value
+    assert [cell.split(" ")[0] for cell in md[DELTA_TEST]] == ["", "+15.00", "+1.00"]
+    assert [cell.split(" ")[0] for cell in md[DELTA_TTA]] == ["", "", "+2.00"]
     page = (report / "index.html").read_text(encoding="utf-8")
     thead = page.split('<table id="ladder">', 1)[1].split("</thead>", 1)[0]
     assert f">{DELTA_TEST}</th>" in thead
@@ -436,6 +425,35 @@ def _break_report_json(inputs: dict) -> Path:
     return path
 
 
+def _break_predictions(inputs: dict) -> Path:
+    path = inputs["runs"] / "b" / "eval" / "epoch_002.npz"
+    path.write_bytes(path.read_bytes()[:-30])
+    _remanifest(path.parent)  # cut short, and listed so: the report reads it and fails
+    return path
+
+
+def _swap_predictions(inputs: dict) -> Path:
+    """b's epoch 2 predictions replaced by epoch 3's (another accuracy): a valid file that does
+    not belong to the JSON beside it."""
+    folder = inputs["runs"] / "b" / "eval"
+    (folder / "epoch_002.npz").write_bytes((folder / "epoch_003.npz").read_bytes())
+    _remanifest(folder)
+    return folder / "epoch_002.npz"
+
+
+def _remanifest(folder: Path) -> None:
+    built = manifest.build(folder)
+    io.write_json(folder / manifest.INNER, built)
+    io.write_json(manifest.sibling(folder), built)
+
+
+def _break_labels(inputs: dict) -> Path:
+    path = inputs["data"] / "test_y.npy"
+    np.save(path, np.zeros(7, dtype=np.int64))
+    _remanifest(inputs["data"])
+    return inputs["runs"] / "a" / "eval" / "epoch_001.json"  # evaluated on 100 images, not 7
+
+
 def _break_images(inputs: dict) -> Path:
     path = inputs["data"] / "train_x.npy"
     path.write_bytes(b"not an array")
@@ -443,7 +461,17 @@ def _break_images(inputs: dict) -> Path:
 
 
 @pytest.mark.parametrize(
-    "corrupt", [_break_eval, _break_history, _break_selection, _break_report_json, _break_images]
+    "corrupt",
+    [
+        _break_eval,
+        _break_history,
+        _break_selection,
+        _break_report_json,
+        _break_images,
+        _break_predictions,
+        _swap_predictions,
+        _break_labels,
+    ],
 )
 def test_a_bad_input_fails_naming_it_and_leaves_the_old_report(tmp_path, corrupt):
     inputs = write_inputs(tmp_path)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import yaml
 
 from ladder import io
@@ -31,7 +32,9 @@ from ladder.model_registry import MODELS
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "params.schema.yaml"
 
 # Keys of an experiment that are its own and never inherited through `base:`.
-OWN_KEYS = ("base", "description", "reference")
+OWN_KEYS = ("base", "description", "replicate_of", "reference")
+# The one training setting in which a seed replicate (`replicate_of`) differs from its experiment.
+REPLICATE_KEY = "seed"
 # Keys that configure evaluation, not training: editing them must not retrain.
 EVAL_KEYS = ("tta",)
 
@@ -225,7 +228,7 @@ class Experiment:
     chain: tuple[str, ...]  # this experiment, its base, the base's base, ...
     train: dict  # resolved training settings: what the weights depend on
     evaluate: dict  # resolved TTA settings
-    meta: dict  # base, description, reference: only the report reads them
+    meta: dict  # base, description, replicate_of, reference: only the report reads them
 
     @property
     def fingerprint(self) -> str:
@@ -258,6 +261,7 @@ class Params:
         tta = deep_merge(defaults(top["properties"]["tta"]), raw.get("tta", {}))
         diffs = raw.get("experiments", {})
         experiments = {name: _resolve(name, diffs, tta, source) for name in diffs}
+        _check_replicates(experiments, source)
         selected = tuple(raw.get("run") or experiments)
         for name in selected:
             if name not in experiments:
@@ -341,12 +345,81 @@ def _resolve(name: str, diffs: Mapping, tta_defaults: dict, source: str) -> Expe
     meta = {
         "base": own.get("base", ""),
         "description": own.get("description", ""),
+        "replicate_of": own.get("replicate_of", ""),
         "reference": deep_merge(
             defaults(exp_schema["properties"]["reference"]), own.get("reference", {})
         ),
     }
     _validate(train, {"$ref": "#/$defs/experiment"}, source, ("experiments", name))
     return Experiment(name, tuple(chain), train, tta, meta)
+
+
+def _check_replicates(experiments: Mapping[str, Experiment], source: str) -> None:
+    """`replicate_of: X`: X exists and is no replicate itself; the replicate trains exactly as X
+    except for `seed`, which differs from X's and from every other replicate's of X; and it is
+    evaluated exactly as X is. The first differing setting is named."""
+    seeds: dict[str, dict[int, str]] = {}
+    for name, exp in experiments.items():
+        primary = exp.meta["replicate_of"]
+        if not primary:
+            continue
+        where = f"{source}: experiments.{name}.replicate_of"
+        if primary not in experiments:
+            raise ConfigError(
+                f"{where}: unknown experiment {primary!r}{_suggest(primary, experiments)}"
+            )
+        if primary == name:
+            raise ConfigError(f"{where}: an experiment cannot be a replicate of itself")
+        grand = experiments[primary].meta["replicate_of"]
+        if grand:
+            raise ConfigError(
+                f"{where}: {primary!r} is itself a replicate of {grand!r}; "
+                f"write replicate_of: {grand}"
+            )
+        other = experiments[primary]
+        for rule, mine, theirs in (
+            (
+                f"train as {primary} does except for `{REPLICATE_KEY}`",
+                _without_seed(exp.train),
+                _without_seed(other.train),
+            ),
+            (f"be evaluated as {primary} is", {"tta": exp.evaluate}, {"tta": other.evaluate}),
+        ):
+            key = _first_difference(mine, theirs)
+            if key is not None:
+                raise ConfigError(
+                    f"{where}: a seed replicate must {rule}, but {key} differs "
+                    f"({_show(mine, key)} here, {_show(theirs, key)} in {primary})"
+                )
+        seed = exp.train[REPLICATE_KEY]
+        taken = seeds.setdefault(primary, {other.train[REPLICATE_KEY]: primary})
+        if seed in taken:
+            raise ConfigError(
+                f"{where}: {name} has {REPLICATE_KEY} {seed}, as {taken[seed]} has: a replicate "
+                f"needs a {REPLICATE_KEY} of its own (e.g. {REPLICATE_KEY}: {max(taken) + 1})"
+            )
+        taken[seed] = name
+
+
+_ABSENT = object()
+
+
+def _without_seed(train: dict) -> dict:
+    return {k: v for k, v in train.items() if k != REPLICATE_KEY}
+
+
+def _first_difference(a: dict, b: dict) -> str | None:
+    """The first dotted key (in sorted order) whose value differs between `a` and `b`."""
+    flat_a, flat_b = dict(iter_keys(a)), dict(iter_keys(b))
+    for key in sorted(flat_a.keys() | flat_b.keys()):
+        if flat_a.get(key, _ABSENT) != flat_b.get(key, _ABSENT):
+            return key
+    return None
+
+
+def _show(settings: dict, key: str) -> str:
+    value = dict(iter_keys(settings)).get(key, _ABSENT)
+    return "not set" if value is _ABSENT else json.dumps(value)
 
 
 def _coerce_numbers(value: Any, node: dict) -> Any:
@@ -448,6 +521,37 @@ def _values(values) -> str:
     if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
         return f"{values[0]}..{values[-1]}"
     return ", ".join(map(str, values))
+
+
+def check_runnable(params: Params, prepared: str | Path, configs: str | Path) -> None:
+    """What only a run needs, checked before anything runs: at least one experiment, and batch
+    sizes the train split can fill. The split's size is known once `prepare` has run; it is
+    used only while the prepared data are still what params.yaml asks for (the settings files
+    in `configs` that made them are unchanged), so the check never reads stale data."""
+    if not params.experiments:
+        raise ConfigError(
+            f"{params.source}: experiments: none defined; add at least one "
+            "(params.yaml shows the shape: a name, and the settings it changes)"
+        )
+    labels = Path(prepared) / "train_y.npy"
+    made_by = {
+        name: Path(configs) / name for name in ("download.json", "prepare.json")
+    }  # fmt: skip
+    current = {
+        "download.json": params.download_settings(),
+        "prepare.json": params.prepare_settings(),
+    }
+    if not labels.exists() or any(
+        not path.exists() or io.read_json(path) != current[name] for name, path in made_by.items()
+    ):
+        return
+    images = len(np.load(labels, mmap_mode="r"))
+    for name, exp in params.experiments.items():
+        if exp.train["batch_size"] > images:
+            raise ConfigError(
+                f"{params.source}: experiments.{name}.batch_size: {exp.train['batch_size']} is "
+                f"more than the train split's {images} images ({labels}); lower it"
+            )
 
 
 def write_settings(params: Params, out_dir: str | Path) -> list[Path]:

@@ -5,12 +5,17 @@ TTA (the seed's method): N passes of the experiment's own training augmentations
 set; each pass votes for its top class, the class with most votes wins, and a tie is broken by
 the summed probabilities. The mean-probability variant (argmax of the average) is reported too.
 
-Each checkpoint's result is kept in results/cache/evaluate/<exp>/<key>.json, the key a
-fingerprint of everything it depends on (the checkpoint's digest, the TTA settings, the model and
-augmentation settings, the val/test data, the evaluation code). A rerun evaluates only the
-checkpoints whose key is new: one new checkpoint does not redo the other 59, and a killed job
-picks up where it stopped. The declared output, <run>/eval/ with one epoch_NNN.json per
-checkpoint and its manifest, is rebuilt from those results every time.
+Every evaluation also keeps its per-image predictions (plain val, plain test, TTA vote) in
+epoch_NNN.npz beside epoch_NNN.json (format: ladder.predictions): the report counts intervals
+and paired comparisons from them.
+
+Each checkpoint's result is kept in results/cache/evaluate/<exp>/<key>.json and <key>.npz, the
+key a fingerprint of everything it depends on (the checkpoint's digest, the TTA settings, the
+model and augmentation settings, the val/test data, the evaluation code). A result counts as
+cached only when both files are there and readable: one cut short is evaluated again. A rerun
+evaluates only the checkpoints whose key is new: one new checkpoint does not redo the other 59,
+and a killed job picks up where it stopped. The declared output, <run>/eval/ with epoch_NNN.json
+and epoch_NNN.npz per checkpoint and its manifest, is rebuilt from those files every time.
 """
 
 from __future__ import annotations
@@ -18,14 +23,16 @@ from __future__ import annotations
 import io as stdio
 import logging
 import pickle
+import shutil
 import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from ladder import augment, config, devices, io, manifest, models, stages
+from ladder import augment, config, devices, io, manifest, models, predictions, stages
 from ladder.inference import predict
 from ladder.loader import DeviceSplit
 
@@ -112,19 +119,24 @@ def tta_predict(
 
 def evaluate_model(
     model: nn.Module, run_config: dict, tta: dict, val: DeviceSplit, test: DeviceSplit
-) -> dict:
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """(the result as epoch_NNN.json holds it, the per-image predictions as epoch_NNN.npz does:
+    kind -> int16 class indices, see ladder.predictions)."""
     norm = augment.Normalize(**run_config["normalization"]).to(test.device)
     classes = run_config["num_classes"]
-    result = {}
+    result, predicted = {}, {}
     for name, split in (("val", val), ("test", test)):
         logits = predict(model, split, lambda im: norm(im.float().div_(255)))
         y = split.y.to(logits.device)
+        pred = logits.argmax(1)
         result[name] = {
             "loss": nn.functional.cross_entropy(logits, y).item(),
-            "acc": (logits.argmax(1) == y).float().mean().item(),
+            "acc": (pred == y).float().mean().item(),
         }
-    test_y = test.y.to(logits.device)
-    per_class = _per_class(logits.argmax(1), test_y, classes)
+        predicted[f"{name}_plain"] = pred
+        del logits  # one split's logits at a time (20,000 x 200 floats for val)
+    test_y = test.y.to(pred.device)
+    per_class = _per_class(predicted["test_plain"], test_y, classes)
 
     per_class_tta = None
     result["tta"] = None
@@ -139,6 +151,7 @@ def evaluate_model(
             "mean_acc": (prob_sum.argmax(1) == test_y).float().mean().item(),
         }
         per_class_tta = _per_class(voted, test_y, classes)
+        predicted["test_tta"] = voted
 
     result["per_class"] = [
         {
@@ -150,7 +163,9 @@ def evaluate_model(
         for c, (n, acc) in enumerate(per_class)
     ]
     result["images"] = {"val": len(val), "test": len(test)}
-    return result
+    # int16 on the device, then one small copy each (2 bytes per image).
+    arrays = {k: v.to(torch.int16).cpu().numpy() for k, v in predicted.items()}
+    return result, arrays
 
 
 def _per_class(pred: torch.Tensor, y: torch.Tensor, k: int) -> list[tuple[int, float | None]]:
@@ -169,7 +184,8 @@ def evaluate_run(
     device: str = "auto",
     threads: int | None = None,
 ) -> list[Path]:
-    """Evaluate every checkpoint of a training run into <run>/eval/epoch_NNN.json."""
+    """Evaluate every checkpoint of a training run into <run>/eval/epoch_NNN.{json,npz}; return
+    the JSON files."""
     run, data = Path(run), Path(data)
     run_config = io.read_json(run / "config.json")
     checkpoints = manifest.read(run / "checkpoints")
@@ -189,38 +205,53 @@ def evaluate_run(
             raise CheckpointError(f"{run / 'checkpoints' / file}: not in {run}/checkpoints")
         keys[epoch] = config.fingerprint({**base, "checkpoint": checkpoints["files"][file]})
 
-    results = {e: _cached(cache / f"{k}.json") for e, k in keys.items()}
+    results = {e: _cached(cache, k) for e, k in keys.items()}
     todo = [e for e, result in results.items() if result is None]
     log.info(
         "%s: %d checkpoint(s), %d evaluated before", run_config["experiment"], len(keys),
         len(keys) - len(todo),
     )  # fmt: skip
     if todo:
-        for epoch, result in _evaluate_checkpoints(run, run_config, checkpoints, tta, data,
-                                                   todo, device, threads):  # fmt: skip
+        evaluated = _evaluate_checkpoints(
+            run, run_config, checkpoints, tta, data, todo, device, threads
+        )
+        for epoch, result, arrays in evaluated:
+            # The predictions first: a result counts as cached once its JSON is there too.
+            io.write_bytes(_npz(cache, keys[epoch]), predictions.to_bytes(arrays))
             io.write_json(cache / f"{keys[epoch]}.json", result)
             results[epoch] = result
-    for stale in cache.glob("*.json"):  # keep the cache to what the run has now
-        if stale.stem not in set(keys.values()):
+    current = set(keys.values())
+    for stale in [*cache.glob("*.json"), *cache.glob(f"*{predictions.SUFFIX}")]:
+        if stale.stem not in current:  # keep the cache to what the run has now
             stale.unlink()
 
     written = []
     with manifest.folder(run / "eval") as tmp:
         for epoch, result in results.items():
             io.write_json(tmp / f"epoch_{epoch:03d}.json", result)
+            shutil.copyfile(_npz(cache, keys[epoch]), _npz(tmp, f"epoch_{epoch:03d}"))
             written.append(run / "eval" / f"epoch_{epoch:03d}.json")
     return written
 
 
-def _cached(path: Path) -> dict | None:
+def _npz(folder: Path, stem: str) -> Path:
+    return folder / f"{stem}{predictions.SUFFIX}"
+
+
+def _cached(cache: Path, key: str) -> dict | None:
+    """The cached result of `key`, or None to evaluate again: absent, or either file cut short
+    (the predictions are read whole, which checks every member's CRC)."""
     try:
-        return io.read_json(path)
-    except (FileNotFoundError, ValueError):  # absent, or cut short: evaluate again
+        result = io.read_json(cache / f"{key}.json")
+        lengths = predictions.expected(result["images"], tta=result["tta"] is not None)
+        predictions.read(_npz(cache, key), lengths)
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
+    return result
 
 
 def _evaluate_checkpoints(run, run_config, checkpoints, tta, data, epochs, device, threads):
-    """(epoch, result) for each of `epochs`, loading the data and the model once."""
+    """(epoch, result, predictions) for each of `epochs`, loading the data and the model once."""
     dev = torch.device(devices.resolve(device))
     if threads:
         torch.set_num_threads(threads)
@@ -238,7 +269,7 @@ def _evaluate_checkpoints(run, run_config, checkpoints, tta, data, epochs, devic
             model.load_state_dict(load_checkpoint(path, checkpoints))
         except RuntimeError as e:  # shapes or keys do not match the model
             raise CheckpointError(f"{path}: does not fit the model in config.json: {e}") from None
-        result = evaluate_model(model, run_config, tta, val, test)
+        result, arrays = evaluate_model(model, run_config, tta, val, test)
         for row in result["per_class"]:
             row.update(id=classes[row["index"]]["id"], name=classes[row["index"]]["name"])
         tta_text = f", TTA vote {result['tta']['vote_acc']:.4f}" if result["tta"] else ""
@@ -252,4 +283,4 @@ def _evaluate_checkpoints(run, run_config, checkpoints, tta, data, epochs, devic
             time.perf_counter() - started,
         )
         yield epoch, {"experiment": run_config["experiment"], "epoch": epoch,
-                      "checkpoint": str(path), **result}  # fmt: skip
+                      "checkpoint": str(path), **result}, arrays  # fmt: skip

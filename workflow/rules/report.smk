@@ -11,6 +11,7 @@ rule report:
                 "html": "Report",
                 "ladder": "Tables",
                 "checkpoints": "Tables",
+                "curves": "Tables",
                 "figures": "Figures",
             },
         ),

@@ -161,6 +161,12 @@ def ladder_chart(ladder: pd.DataFrame) -> tuple[plt.Figure, str]:
             markerfacecolor="white" if hollow else color,
             alpha=0.9 if hollow else 1.0,
         )
+    test = ladder["test_acc"].to_numpy(dtype=float)
+    spread = [
+        test - ladder["test_acc_low"].to_numpy(dtype=float),
+        ladder["test_acc_high"].to_numpy(dtype=float) - test,
+    ]
+    ax.errorbar(x, test, yerr=spread, fmt="none", ecolor=TEST_COLOR, elinewidth=1, capsize=3)
     ax.set_xticks(x, [f"{i}. {name}" for i, name in zip(x, ladder["experiment"], strict=True)])
     plt.setp(ax.get_xticklabels(), rotation=40 if n > 3 else 0, ha="right" if n > 3 else "center")
     top = np.nanmax([v.to_numpy(dtype=float) for v, *_ in series.values()])
@@ -168,8 +174,9 @@ def ladder_chart(ladder: pd.DataFrame) -> tuple[plt.Figure, str]:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     caption = (
         "The ladder, accuracy in %: our test accuracy without TTA at each rung's val-picked "
-        "checkpoint (the result), the TTA vote at the same checkpoint where the rung uses TTA "
-        "(dotted), and val accuracy, beside the numbers the seed reported (hollow markers)."
+        "checkpoint (the result; bars: its 95% Wilson interval), the TTA vote at the same "
+        "checkpoint where the rung uses TTA (dotted), and val accuracy, beside the numbers the "
+        "seed reported (hollow markers). A rung with seed replicates shows their mean."
     )
     return fig, caption
 
@@ -291,7 +298,7 @@ def augmentations(runs: Runs, images: np.ndarray) -> tuple[plt.Figure, str]:
     picks = np.linspace(0, len(images) - 1, min(AUGMENT_SAMPLES, len(images))).round().astype(int)
     batch = torch.from_numpy(np.ascontiguousarray(images[np.unique(picks)])).permute(0, 3, 1, 2)
     rows, labels = [batch.float() / 255], ["original"]
-    for name in runs.names:
+    for name in runs.sets:  # a seed replicate augments as its experiment does
         augment = Augment(runs.settings[name]["augment"])
         rows.append(augment(batch, torch.Generator().manual_seed(AUGMENT_SEED)))
         labels.append(name + (" (none)" if augment.is_identity else ""))

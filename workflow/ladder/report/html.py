@@ -20,7 +20,15 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from ladder.report.tables import LADDER_COLUMNS, Runs, best_experiment, seed_best
+from ladder.report import significance
+from ladder.report.tables import (
+    LADDER_COLUMNS,
+    Runs,
+    best_experiment,
+    picked_on_val,
+    seed_best,
+    versus_runner_up,
+)
 
 TITLE = "Experiment ladder"
 TEMPLATE = "index.html.j2"
@@ -53,6 +61,18 @@ def _signed(value) -> str:
     return "" if pd.isna(value) else f"{value:+.2f}"
 
 
+def interval(low, high, signed: bool = False) -> str:
+    """`[45.24, 64.39]`, or `[-6.00, +8.00]` for a difference; empty for a missing one."""
+    if pd.isna(low) or pd.isna(high):
+        return ""
+    fmt = _signed if signed else _num
+    return f"[{fmt(low)}, {fmt(high)}]"
+
+
+def p_value(p) -> str:
+    return "" if pd.isna(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
+
+
 @dataclass(frozen=True)
 class Column:
     header: str
@@ -79,15 +99,56 @@ def _pct(column: str, group: str, header: str) -> Column:
     return Column(header, lambda row: _num(row[column]), group, unit="%")
 
 
+def _figure(
+    header: str,
+    group: str,
+    value: Callable[[pd.Series], str],
+    notes: Callable[[pd.Series], list[tuple[str, str]]],
+    unit: str = "%",
+    strong: bool = False,
+    css: Callable[[pd.Series], str] = lambda row: "",
+) -> Column:
+    """A number with small lines under it in HTML, each (text, CSS class); in Markdown the lines
+    follow the number on one line, in the same order."""
+
+    def text(row: pd.Series) -> str:
+        main = value(row)
+        return " ".join([main, *(n for n, _ in notes(row) if n)]) if main else ""
+
+    def html(row: pd.Series) -> Cell:
+        main = value(row)
+        lines = tuple((n, f"small {c}".strip()) for n, c in notes(row) if n) if main else ()
+        return Cell("", main, strong=strong and bool(main), lines=lines)
+
+    return Column(header, text, group, html=html, css=css, unit=unit)
+
+
+def _accuracy(column: str, group: str, header: str, strong: bool = False) -> Column:
+    """An accuracy with its 95% interval under it; the sd over seed replicates where a row has
+    several (test accuracy only)."""
+
+    def notes(row: pd.Series) -> list[tuple[str, str]]:
+        lines = [(interval(row[f"{column}_low"], row[f"{column}_high"]), "")]
+        spread = f"{column}_sd"
+        if spread in row and not pd.isna(row[spread]):
+            lines.append((f"sd {row[spread]:.2f}, {int(row['replicates'])} seeds", ""))
+        return lines
+
+    return _figure(header, group, lambda row: _num(row[column]), notes, strong=strong)
+
+
 def _experiment_text(row: pd.Series) -> str:
     note = f" (seed: {row['note']})" if row.get("note") else ""
-    return " — ".join(filter(None, (row["experiment"], row["description"]))) + note
+    seeds = f" [{row['seeds']}]" if row.get("seeds") else ""
+    return " — ".join(filter(None, (row["experiment"], row["description"]))) + note + seeds
 
 
 def _experiment_html(row: pd.Series) -> Cell:
     lines = [(row["description"], "desc")] if row["description"] else []
     if row.get("note"):
         lines.append((f"seed: {row['note']}", "desc note"))
+    if row.get("seeds"):
+        lines.append((row["seeds"], "desc replicates"))
     return Cell("", row["experiment"], strong=True, lines=tuple(lines))
 
 
@@ -95,7 +156,7 @@ def _changes_html(row: pd.Series) -> Cell:
     return Cell("", lines=tuple((change, "") for change in row["changes"].split("; ")))
 
 
-def _noted(header: str, group: str, value: Callable, note: Callable) -> Column:
+def _noted(header: str, group: str, value: Callable, note: Callable, css: str = "") -> Column:
     """A number with a small note under it in HTML (in brackets after it in Markdown)."""
 
     def parts(row: pd.Series) -> tuple[str, str]:
@@ -110,29 +171,47 @@ def _noted(header: str, group: str, value: Callable, note: Callable) -> Column:
         main, extra = parts(row)
         return Cell("", main, lines=((extra, "small"),) if extra else ())
 
-    return Column(header, text, group, html=html, unit="%")
+    return Column(header, text, group, html=html, css=lambda row: css, unit="%")
 
 
 def _epoch_note(column: str) -> Callable[[pd.Series], str]:
     return lambda row: "" if pd.isna(row[column]) else f"epoch {int(row[column])}"
 
 
-def _delta(column: str, header: str) -> Column:
-    """A change versus the parent in percentage points, green when up and red when down."""
+def _delta(column: str, header: str, low: str, high: str, p: str, noise: str) -> Column:
+    """A change versus the parent in percentage points with its 95% interval and p-value: green
+    when up and red when down if it is beyond noise, grey and marked "within noise" if not."""
+
+    def within(row: pd.Series) -> bool:
+        return not pd.isna(row[noise]) and bool(row[noise])
 
     def css(row: pd.Series) -> str:
         value = row[column]
-        return "" if pd.isna(value) or value == 0 else ("pos" if value > 0 else "neg")
+        if pd.isna(value):
+            return ""
+        if within(row):
+            return "noise"
+        return "" if value == 0 else ("pos" if value > 0 else "neg")
 
-    return Column(header, lambda row: _signed(row[column]), OURS, css=css)
+    def notes(row: pd.Series) -> list[tuple[str, str]]:
+        mark = f"{p_value(row[p])}, {NOISE_MARK}" if within(row) else p_value(row[p])
+        return [(interval(row[low], row[high], signed=True), ""), (mark, "")]
+
+    return _figure(header, OURS, lambda row: _signed(row[column]), notes, unit="", css=css)
 
 
-OURS, SEED, PICKED = "ours: val-picked checkpoint (%)", "seed, as reported (%)", "test-picked (%)"
+OURS, SEED, PICKED = (
+    "ours: val-picked checkpoint (%)",
+    "seed, as reported (%)",
+    "test-picked: optimistic (%)",
+)
 ACCURACY, LOSS = "accuracy (%)", "loss"
 # Markdown has one header row: the group becomes a prefix where it is needed to tell columns apart.
 MD_PREFIX = {OURS: "", SEED: "seed ", PICKED: "test-picked ", ACCURACY: "", LOSS: "loss "}
 # The Δ columns: one basis each, the same on every row, named in the header (and in READING).
 DELTA_TEST, DELTA_TTA = "Δ test vs parent (no TTA, pp)", "Δ TTA vote vs parent (pp)"
+NOISE_MARK = "within noise"  # after the p-value of a change that is not shown to be real
+PICKED_GAP = "gain from picking on test (pp)"
 LADDER = [
     Column("#", lambda row: _int(row["rung"])),
     Column("experiment", _experiment_text, kind="name", html=_experiment_html),
@@ -140,11 +219,17 @@ LADDER = [
     Column("epochs", lambda row: _int(row["epochs"])),
     Column("epoch", lambda row: _int(row["best_epoch"]), OURS),
     _pct("train_acc", OURS, "train"),
-    _pct("val_acc", OURS, "val"),
-    _pct("test_acc", OURS, "test, no TTA"),
-    _pct("test_acc_tta", OURS, "test, TTA vote"),
-    _delta("delta_test_vs_parent", DELTA_TEST),
-    _delta("delta_tta_vs_parent", DELTA_TTA),
+    _accuracy("val_acc", OURS, "val"),
+    _accuracy("test_acc", OURS, "test, no TTA", strong=True),
+    _accuracy("test_acc_tta", OURS, "test, TTA vote"),
+    _delta(
+        "delta_test_vs_parent", DELTA_TEST, "delta_low", "delta_high", "p_vs_parent",
+        "within_noise",
+    ),
+    _delta(
+        "delta_tta_vs_parent", DELTA_TTA, "delta_tta_low", "delta_tta_high", "p_tta_vs_parent",
+        "tta_within_noise",
+    ),
     _pct("ref_train", SEED, "train"),
     _pct("ref_val", SEED, "val"),
     _noted(
@@ -158,14 +243,24 @@ LADDER = [
         PICKED,
         lambda row: _num(row["test_picked_test"]),
         _epoch_note("test_picked_epoch"),
+        css="optimistic",
+    ),
+    _figure(
+        PICKED_GAP,
+        PICKED,
+        lambda row: _signed(row["picked_gap"]),
+        lambda row: [(interval(row["picked_gap_low"], row["picked_gap_high"], signed=True), "")],
+        unit="",
+        css=lambda row: "optimistic",
     ),
     _noted(
         "seed",
         PICKED,
         lambda row: _num(row["ref_test_picked_test"]),
         _epoch_note("ref_test_picked_epoch"),
+        css="optimistic",
     ),
-]
+]  # fmt: skip
 
 
 def _picked_text(row: pd.Series) -> str:
@@ -175,10 +270,10 @@ def _picked_text(row: pd.Series) -> str:
 CHECKPOINTS = [
     Column("epoch", lambda row: _int(row["epoch"])),
     _pct("train_acc", ACCURACY, "train"),
-    _pct("val_acc", ACCURACY, "val"),
-    _pct("test_acc", ACCURACY, "test, no TTA"),
-    _pct("test_acc_tta", ACCURACY, "TTA vote"),
-    _pct("test_acc_tta_mean", ACCURACY, "TTA mean"),
+    _accuracy("val_acc", ACCURACY, "val"),
+    _accuracy("test_acc", ACCURACY, "test, no TTA"),
+    _accuracy("test_acc_tta", ACCURACY, "TTA vote"),
+    _accuracy("test_acc_tta_mean", ACCURACY, "TTA mean"),
     Column("train", lambda row: _num(row["train_loss"], 4), LOSS),
     Column("val", lambda row: _num(row["val_loss"], 4), LOSS),
     Column("test", lambda row: _num(row["test_loss"], 4), LOSS),
@@ -198,15 +293,28 @@ class Headline:
     rung: int
     epoch: int
     test: float  # plain test accuracy at the val-picked checkpoint: the result
+    test_interval: tuple[float, float]  # its 95% Wilson interval
+    replicates: int  # runs the row stands for (1, or a set of seed replicates)
+    test_sd: float  # sd of the test accuracy over the replicates (NaN for one run)
     val: float  # val accuracy there: what picked the checkpoint and the experiment
     tta: float | None  # the TTA vote at the same checkpoint, shown beside, never instead
     tta_kind: str  # "TTA vote over 10 passes", "flip TTA", or "" without TTA
     seed: dict | None  # tables.seed_best
     higher_test: tuple[str, int, float] | None  # another rung's higher test (name, rung, %)
+    # The runner-up by the same val rule: (name, rung, test %), and the best versus it.
+    runner_up: tuple[str, int, float] | None
+    versus_runner_up: significance.Comparison | None
+    # Picking the checkpoint on test instead: (test %, epoch, gain, gain's low, gain's high).
+    picked: tuple[float, int, float, float, float]
 
     @property
     def versus_seed(self) -> float:
         return self.test - self.seed["test"]
+
+    @property
+    def distinguishable(self) -> bool | None:
+        """Whether the test set tells the best from the runner-up; None without a runner-up."""
+        return None if self.versus_runner_up is None else not self.versus_runner_up.within_noise
 
 
 def headline(runs: Runs, ladder: pd.DataFrame) -> Headline:
@@ -226,16 +334,29 @@ def headline(runs: Runs, ladder: pd.DataFrame) -> Headline:
         if top["test_acc"] > best["test_acc"]
         else None
     )
+    second, versus = versus_runner_up(runs, ladder) or (None, None)
     return Headline(
-        name,
-        int(best["rung"]),
-        epoch,
-        float(best["test_acc"]),
-        float(best["val_acc"]),
-        tta,
-        kind,
-        seed_best(ladder),
-        higher,
+        experiment=name,
+        rung=int(best["rung"]),
+        epoch=epoch,
+        test=float(best["test_acc"]),
+        test_interval=(float(best["test_acc_low"]), float(best["test_acc_high"])),
+        replicates=int(best["replicates"]),
+        test_sd=float(best["test_acc_sd"]),
+        val=float(best["val_acc"]),
+        tta=tta,
+        tta_kind=kind,
+        seed=seed_best(ladder),
+        higher_test=higher,
+        runner_up=None
+        if second is None
+        else (second["experiment"], int(second["rung"]), float(second["test_acc"])),
+        versus_runner_up=versus,
+        picked=(
+            float(best["test_picked_test"]),
+            int(best["test_picked_epoch"]),
+            *(float(best[c]) for c in ("picked_gap", "picked_gap_low", "picked_gap_high")),
+        ),
     )
 
 
@@ -243,22 +364,38 @@ def _summary(runs: Runs) -> str:
     first = runs.run[runs.names[0]]
     counts = runs.checkpoints.iloc[0]
     size = first["image_size"]
-    n = len(runs.names)
+    n, replicates = len(runs.sets), len(runs.names) - len(runs.sets)
+    folded = f" (+ {replicates} seed replicate{'s' * (replicates != 1)})" if replicates else ""
     return (
-        f"{n} experiment{'s' * (n != 1)} · {first['num_classes']} classes · {size}×{size} images · "
-        f"val {int(counts['val_images']):,} / test {int(counts['test_images']):,} images"
+        f"{n} experiment{'s' * (n != 1)}{folded} · {first['num_classes']} classes · "
+        f"{size}×{size} images · val {int(counts['val_images']):,} / test "
+        f"{int(counts['test_images']):,} images"
     )
 
 
+def _seeds(runs: Runs, name: str) -> str:
+    """The line under a row's name that lists its seed replicates; empty without."""
+    replicates = runs.sets[name][1:]
+    listed = ", ".join(f"{m} (seed {runs.settings[m]['seed']})" for m in replicates)
+    return f"seed replicates: {listed}" if replicates else ""
+
+
 def _ladder_rows(runs: Runs, ladder: pd.DataFrame) -> pd.DataFrame:
-    return ladder.assign(note=[runs.meta[n]["note"] for n in ladder["experiment"]])
+    return ladder.assign(
+        note=[runs.meta[n]["note"] for n in ladder["experiment"]],
+        seeds=[_seeds(runs, n) for n in ladder["experiment"]],
+    )
 
 
-# Above the ladder table, in short; RULE says it in full.
+# Above the ladder table, in short; RULE and NOISE say it in full.
 LADDER_NOTE = (
     "Picked on val, reported on test: each experiment at its checkpoint with the best val "
-    "accuracy, its result the test accuracy without TTA; the TTA vote in its own columns. Each Δ "
-    "has one basis on every row, named in its header."
+    "accuracy, its result the test accuracy without TTA (in bold); the TTA vote in its own "
+    "columns. Each Δ has one basis on every row, named in its header. Under every accuracy, its "
+    "95% interval (Wilson, from the per-image counts); under every Δ, its 95% interval and "
+    "p-value against the parent, in grey and marked “within noise” when the change is not shown "
+    "to be real. The test-picked columns (greyed) are optimistic: compare with them, never quote "
+    "them."
 )
 RULE = (
     "every choice is made on val, every result is reported on test. Each experiment's checkpoint "
@@ -269,13 +406,46 @@ RULE = (
     "plain and the TTA number by their test accuracy would select on the test set: the TTA vote "
     "is shown in its own column and never replaces the plain number."
 )
+INTERVALS_TEXT = (
+    "every accuracy counted on val or test images is shown with its 95% Wilson score interval "
+    "(without continuity correction), computed from the per-image predictions that evaluation "
+    "keeps (eval/epoch_NNN.npz): the accuracies that many images cannot tell apart. It covers "
+    "the sampling of images only, not the seed: a second training run can land outside it. "
+    "Train accuracy (a running mean over augmented batches) and the seed's numbers have none."
+)
+NOISE = (
+    "a rung's change versus its parent, on the same test images, each side at its val-picked "
+    "checkpoint. With one run on each side: McNemar's exact test on the images the two runs "
+    "disagree on, and a 95% paired-bootstrap interval of the difference (2,000 resamples of the "
+    "test images). With seed replicates on both sides: Welch's t-test and t interval on the "
+    "per-replicate accuracies (Student's, the variance pooled, when only one side has "
+    "replicates): the spread between seeds, which one run per side cannot show. A change is "
+    f"“{NOISE_MARK}” (grey) when p ≥ 0.05 or its interval contains 0; only the others are "
+    "coloured."
+)
+REPLICATES_TEXT = (
+    "an experiment declared `replicate_of: X` in params.yaml trains X again with another seed. "
+    "X's row stands for the whole set: every accuracy and Δ is the mean over its runs (each at "
+    "its own val-picked checkpoint), the test accuracy shows the sd over the seeds, and the "
+    "comparisons use every run of both sides. The replicates are listed under X's name; their "
+    "checkpoints are under Checkpoints."
+)
+PICKED_TEXT = (
+    "the checkpoint with the highest test accuracy (no TTA), and how many percentage points "
+    "picking it gains over the val-picked one, with a 95% interval from a bootstrap over the "
+    "test images that picks again on every resample: selected on the test set, so optimistic. "
+    "Shown only to compare with numbers picked that way (the seed's rung 26) and to show how "
+    "much that flatters; the val-picked test accuracy is the result."
+)
 READING = [
     ("headline rule", RULE),
+    ("runner-up", "the experiment with the next highest val accuracy, by the same rule."),
     (
         "val-picked",
         "each experiment's checkpoint with the highest val accuracy (ties: the earliest).",
     ),
     ("test, no TTA", "one pass over the test set: the experiment's result."),
+    ("95% interval", INTERVALS_TEXT),
     (
         "test, TTA vote",
         "test-time augmentation: the test set passed several times through the training "
@@ -292,11 +462,9 @@ READING = [
         "the TTA vote minus the parent's TTA vote, only where both rungs use TTA "
         "(ladder.csv: delta_tta_vs_parent).",
     ),
-    (
-        "test-picked",
-        "the checkpoint with the highest test accuracy (no TTA): selected on the test set, so "
-        "optimistic; shown only to compare with numbers picked that way (the seed's rung 26).",
-    ),
+    (NOISE_MARK, NOISE),
+    ("seed replicates", REPLICATES_TEXT),
+    ("test-picked", PICKED_TEXT),
     (
         "seed",
         "the numbers in the seed's log, as reported: its test number includes TTA where the "
@@ -304,16 +472,27 @@ READING = [
     ),
     ("train", "running accuracy over the epoch's augmented training batches."),
 ]
+METHODS = {
+    "mcnemar": "McNemar's exact test",
+    "welch": "Welch's t-test over the seeds",
+    "student": "Student's t-test over the seeds",
+}
 
 
 def _lead(top: Headline) -> list[tuple[str, bool]]:
-    """The headline as a sentence: (text, bold) pieces, for HTML and Markdown alike."""
+    """The headline as sentences: (text, bold) pieces, for HTML and Markdown alike."""
+    low, high = top.test_interval
+    if top.replicates > 1:
+        val = f"{top.val:.2f} %, the mean of its {top.replicates} seed replicates"
+        spread = f"the mean of {top.replicates} seeds, sd {top.test_sd:.2f}; "
+    else:
+        val, spread = f"{top.val:.2f} % at epoch {top.epoch}", ""
     pieces = [
         (top.experiment, True),
-        (f" has the best val accuracy ({top.val:.2f} % at epoch {top.epoch}); ", False),
+        (f" has the best val accuracy ({val}); ", False),
         ("its test accuracy there is ", False),
         (f"{top.test:.2f} %", True),
-        (" without TTA", False),
+        (f" without TTA ({spread}95% interval {interval(low, high)})", False),
     ]
     if top.seed is None:
         pieces.append((". The seed reported no numbers for these experiments.", False))
@@ -332,6 +511,7 @@ def _lead(top: Headline) -> list[tuple[str, bool]]:
         pieces.append((f", {relation} the seed's best, {top.seed['test']:.2f} % ({how}).", False))
     if top.tta_kind:
         pieces.append((f" The {top.tta_kind} gives {top.tta:.2f} %, shown beside it.", False))
+    pieces += _versus_runner_up_text(top)
     if top.higher_test:
         name, rung, value = top.higher_test
         pieces.append(
@@ -341,7 +521,60 @@ def _lead(top: Headline) -> list[tuple[str, bool]]:
                 False,
             )
         )
+    pieces.append((_picked_text_lead(top), False))
     return pieces
+
+
+def _versus_runner_up_text(top: Headline) -> list[tuple[str, bool]]:
+    """Whether the test set tells the best experiment from the runner-up by val."""
+    if top.runner_up is None:
+        return []
+    name, rung, test = top.runner_up
+    c = top.versus_runner_up
+    numbers = (
+        f"a difference of {100 * c.delta:+.2f} pp, 95% interval "
+        f"{interval(100 * c.low, 100 * c.high, signed=True)}, {p_value(c.pvalue)} "
+        f"({METHODS[c.method]})"
+    )
+    if c.within_noise:
+        verdict = [
+            ("within noise", True),
+            (f": this test set cannot tell {top.experiment} from the runner-up.", False),
+        ]
+    else:
+        better = "better" if c.delta > 0 else "worse"
+        verdict = [
+            ("beyond noise", True),
+            (f": {top.experiment} is distinguishably {better} on this test set.", False),
+        ]
+    return [
+        (f" Against the runner-up by val, rung {rung}, {name} ({test:.2f} %): {numbers}, ", False),
+        *verdict,
+    ]
+
+
+def _picked_text_lead(top: Headline) -> str:
+    test, epoch, gap, low, high = top.picked
+    if gap == 0:
+        which = (
+            "each run's val-picked checkpoint is also its best"
+            if top.replicates > 1
+            else "the val-picked checkpoint is also the best"
+        )
+        return (
+            " Picking the checkpoint by its test accuracy instead would give the same number: "
+            f"{which} on test."
+        )
+    where = (
+        f"each run's best on test; epoch {epoch} for {top.experiment}"
+        if top.replicates > 1
+        else f"epoch {epoch}"
+    )
+    return (
+        f" Picking the checkpoint by its test accuracy instead ({where}) would report "
+        f"{test:.2f} %, {gap:.2f} pp more (95% interval {interval(low, high, signed=True)}) "
+        f"won by selecting on the test set: the honest figure is {top.test:.2f} %."
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,14 +638,25 @@ def _head(columns: list[Column]) -> list[list[Header]]:
 def _cards(top: Headline) -> list[tuple[str, str, str]]:
     """The headline cards: (label, value, detail)."""
     tta = f" · {top.tta_kind}: {top.tta:.2f} %" if top.tta_kind else ""
+    seeds = f" · {top.replicates} seed replicates" if top.replicates > 1 else ""
+    spread = f" · sd {top.test_sd:.2f} over the seeds" if top.replicates > 1 else ""
     cards = [
-        ("best experiment, by val", top.experiment, f"rung {top.rung}"),
+        ("best experiment, by val", top.experiment, f"rung {top.rung}{seeds}"),
         (
             "its test accuracy, no TTA",
             f"{top.test:.2f} %",
-            f"epoch {top.epoch}, picked by val ({top.val:.2f} %){tta}",
+            f"95% interval {interval(*top.test_interval)}{spread} · epoch {top.epoch}, picked "
+            f"by val ({top.val:.2f} %){tta}",
         ),
     ]
+    if top.runner_up:
+        c = top.versus_runner_up
+        value = NOISE_MARK if c.within_noise else "beyond noise"
+        detail = (
+            f"{top.runner_up[0]}: Δ {100 * c.delta:+.2f} pp "
+            f"{interval(100 * c.low, 100 * c.high, signed=True)}, {p_value(c.pvalue)}"
+        )
+        cards.append(("versus the runner-up, by val", value, detail))
     if top.seed:
         how = "picked on the test set" if top.seed["picked_on_test"] else "as reported"
         detail = f"{top.seed['experiment']}, {how} · ours {top.versus_seed:+.2f} pp"
@@ -429,17 +673,24 @@ def _figures(captions: dict[str, str], figures: Path) -> list[tuple[str, str, st
     ]
 
 
-def _checkpoints(
-    runs: Runs, checkpoints: pd.DataFrame, ladder: pd.DataFrame
-) -> list[tuple[str, str, Table]]:
-    """(experiment, a line about the run, its checkpoints table) of every experiment."""
+def _checkpoints(runs: Runs, checkpoints: pd.DataFrame) -> list[tuple[str, str, Table]]:
+    """(experiment, a line about the run, its checkpoints table) of every experiment, seed
+    replicates included."""
+    picked = picked_on_val(runs)["epoch"]
+    row_of = runs.row_of
+    by_name = dict(list(checkpoints.groupby("experiment", sort=False)))
     parts = []
-    for name, rows in checkpoints.groupby("experiment", sort=False):
-        run = runs.run[name]
-        best = ladder.loc[ladder["experiment"] == name, "best_epoch"].iloc[0]
+    for name in (member for members in runs.sets.values() for member in members):
+        run, rows = runs.run[name], by_name[name]  # replicates under their experiment
+        replicate = (
+            f" · seed replicate of {row_of[name]} (seed {runs.settings[name]['seed']})"
+            if row_of[name] != name
+            else ""
+        )
         detail = (
-            f"{len(rows)} checkpoint{'s' * (len(rows) != 1)} · val-picked epoch {best} · "
-            f"trained on {run['device']} ({run['precision']}) · code {run['code_version']}"
+            f"{len(rows)} checkpoint{'s' * (len(rows) != 1)} · val-picked epoch {picked[name]}"
+            f"{replicate} · trained on {run['device']} ({run['precision']}) · code "
+            f"{run['code_version']}"
         )
         parts.append((name, detail, _table(CHECKPOINTS, rows)))
     return parts
@@ -459,7 +710,7 @@ def page_content(
         "ladder_note": LADDER_NOTE,
         "ladder": _table(LADDER, _ladder_rows(runs, ladder), "ladder", best=top.experiment),
         "figures": _figures(captions, figures),
-        "checkpoints": _checkpoints(runs, checkpoints, ladder),
+        "checkpoints": _checkpoints(runs, checkpoints),
         "reading": READING,  # (term, definition); the first is the headline rule
         "columns": list(LADDER_COLUMNS.items()),  # ladder.csv's columns, explained
     }

@@ -10,6 +10,7 @@ deterministic given their seed.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -115,6 +116,24 @@ def wilson_interval(correct: int, n: int, confidence: float = CONFIDENCE) -> tup
         )
     ci = stats.binomtest(int(correct), int(n)).proportion_ci(confidence, method="wilson")
     return float(ci.low), float(ci.high)
+
+
+def wilson_intervals(correct, n, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """`wilson_interval` for arrays of counts at once (the report's hundreds of checkpoints),
+    from the closed form: centre (p + z²/2n) / (1 + z²/n), half-width
+    z sqrt(p(1 - p)/n + z²/4n²) / (1 + z²/n), z the normal quantile. `correct` may be
+    fractional (the mean count of seed replicates); NaN in either gives NaN."""
+    correct, n = np.asarray(correct, dtype=float), np.asarray(n, dtype=float)
+    valid = ~(np.isnan(correct) | np.isnan(n))
+    if np.any(valid & ((n < 1) | (correct < 0) | (correct > n))):
+        raise ValueError("wilson_intervals: expected 0 <= correct <= n and n >= 1")
+    z = stats.norm.ppf(1 - _alpha(confidence) / 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = correct / n
+        scale = 1 + z**2 / n
+        centre = (p + z**2 / (2 * n)) / scale
+        half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / scale
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
 
 
 def replicate_summary(accuracies: Sequence[float]) -> Summary:
@@ -268,24 +287,92 @@ def picked_gap(
     the full test set would leave the selection out and centre the interval on a gap that
     picking made as large as it could.
     """
-    correct = [_correct(x, f"test_correct[{i}]") for i, x in enumerate(test_correct)]
-    if not correct:
-        raise ValueError("picked_gap: expected one or more checkpoints")
-    _same_images(correct, "picked_gap")
-    if not 0 <= val_pick < len(correct):
-        raise ValueError(f"val_pick: {val_pick} is not a checkpoint index (0..{len(correct) - 1})")
-    rng, n = _seed_rng(seed, n_boot), len(correct[0])
+    return replicate_picked_gap(
+        [test_correct], [val_pick], n_boot=n_boot, seed=seed, confidence=confidence
+    )
+
+
+def replicate_picked_gap(
+    runs: Sequence[Sequence[np.ndarray]],
+    val_picks: Sequence[int],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> PickedGap:
+    """`picked_gap` of a set of seed replicates: each run's checkpoints (`runs[r]`, as
+    `test_correct` above) with its own val pick (`val_picks[r]`). val_picked, test_picked and gap
+    are means over the runs; test_pick is the first run's. In every bootstrap resample the same
+    test images are drawn for every run (they share the test set) and each run's test pick is
+    redone. One run: exactly `picked_gap`."""
+    (gap,) = picked_gaps([runs], [val_picks], n_boot=n_boot, seed=seed, confidence=confidence)
+    return gap
+
+
+def picked_gaps(
+    sets: Sequence[Sequence[Sequence[np.ndarray]]],
+    val_picks: Sequence[Sequence[int]],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> list[PickedGap]:
+    """`replicate_picked_gap` of many sets of runs at once (a report's every experiment), each
+    exactly as alone: with one seed every set's bootstrap draws the same resamples of the test
+    images, so they are drawn once, and every checkpoint of every set is counted on them in one
+    matrix product per chunk (drawing them is most of the cost of one set)."""
+    if len(sets) != len(val_picks):
+        raise ValueError("picked_gaps: expected the val picks of every set")
+    runs, picks = [], []
+    for i, (checkpoints_of, picks_of) in enumerate(zip(sets, val_picks, strict=True)):
+        if not checkpoints_of or len(checkpoints_of) != len(picks_of):
+            raise ValueError(
+                f"picked_gaps: set {i}: expected one val pick for each of 1 or more runs"
+            )
+        for checkpoints, pick in zip(checkpoints_of, picks_of, strict=True):
+            checkpoints = [_correct(x, f"test_correct[{j}]") for j, x in enumerate(checkpoints)]
+            if not checkpoints:
+                raise ValueError("picked_gap: expected one or more checkpoints")
+            if not 0 <= pick < len(checkpoints):
+                raise ValueError(
+                    f"val_pick: {pick} is not a checkpoint index (0..{len(checkpoints) - 1})"
+                )
+            runs.append(checkpoints)
+            picks.append(pick)
+    if not runs:
+        return []
+    _same_images([x for checkpoints in runs for x in checkpoints], "picked_gap")
+    rng, n = _seed_rng(seed, n_boot), len(runs[0][0])
     # Hand-written: scipy.stats.bootstrap would gather an n_boot x checkpoints x n array; counts
     # of each image per resample (BLAS, float32: integer sums below 2**24 are exact) are faster.
-    matrix = np.stack(correct, axis=1).astype(np.float32)  # images x checkpoints
-    acc = matrix.mean(axis=0, dtype=np.float64)
-    test_pick = int(np.argmax(acc))
+    matrix = np.stack([x for c in runs for x in c], axis=1).astype(np.float32)  # images x all
+    starts = np.cumsum([0] + [len(c) for c in runs]).tolist()
+    # Every run: its columns of `matrix` (a:b) and its val pick's column.
+    columns = [(a, b, a + pick) for a, b, pick in zip(starts, starts[1:], picks, strict=False)]
+    owners = np.cumsum([0] + [len(s) for s in sets]).tolist()  # runs of set k: owners[k]:[k+1]
+
+    def mean_gaps(hits: np.ndarray) -> np.ndarray:
+        """Per resample (row of `hits`, correct images per checkpoint): each set's mean gap of
+        its runs (resamples x sets)."""
+        gaps = np.stack([hits[:, a:b].max(axis=1) - hits[:, v] for a, b, v in columns], axis=1)
+        return np.stack(
+            [
+                np.sum(gaps[:, lo:hi], axis=1, dtype=np.float64) / (n * (hi - lo))
+                for lo, hi in itertools.pairwise(owners)
+            ],
+            axis=1,
+        )
+
     gaps = np.concatenate(
-        [
-            (hits.max(axis=1) - hits[:, val_pick]).astype(np.float64) / n
-            for hits in (counts @ matrix for counts in _resample_counts(n, n_boot, rng))
-        ]
+        [mean_gaps(counts @ matrix) for counts in _resample_counts(n, n_boot, rng)]
     )
-    low, high = _percentile_interval(gaps, confidence)
-    val, best = float(acc[val_pick]), float(acc[test_pick])
-    return PickedGap(val, best, test_pick, best - val, low, high)
+    acc = matrix.mean(axis=0, dtype=np.float64)
+    test_picks = [int(np.argmax(acc[a:b])) for a, b, _ in columns]  # within each run
+    out = []
+    for k, (lo, hi) in enumerate(itertools.pairwise(owners)):
+        low, high = _percentile_interval(gaps[:, k], confidence)
+        mine = columns[lo:hi]
+        val = float(np.mean([acc[v] for _, _, v in mine]))
+        best = float(np.mean([acc[a + test_picks[lo + r]] for r, (a, _, _) in enumerate(mine)]))
+        out.append(PickedGap(val, best, test_picks[lo], best - val, low, high))
+    return out

@@ -9,6 +9,13 @@ whose checkpoint has the best val accuracy; the number reported is plain test ac
 no TTA) at that checkpoint, the same basis for every experiment. Evaluation runs TTA on the test
 split only, so choosing between plain and TTA by their test accuracy would select on the test
 set: the TTA vote is its own column (and Δ), never a stand-in for the plain number.
+
+Noise: every accuracy counted on val or test images has its 95% Wilson interval, counted from
+the per-image predictions evaluation keeps (eval/epoch_NNN.npz, see ladder.predictions); each
+rung's Δ versus its parent is tested on the same test images (significance.compare_to_parent)
+and marked when it is within noise; the test-picked checkpoint's gain has its interval
+(significance.picked_gap). Seed replicates (`replicate_of`) fold into their experiment's row:
+means over the set, the sd of its test accuracy, and every replicate in the comparisons.
 """
 
 from __future__ import annotations
@@ -18,37 +25,75 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ladder import config, io
+from ladder import config, io, predictions
+from ladder.report import significance
 
 # The columns the report reads; training writes more.
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
 STEPS_COLUMNS = ["step", "epoch", "lr", "loss", "acc"]
 REFERENCE_KEYS = ("train", "val", "test", "test_plain")
 
+# What an interval is, said once: the columns' descriptions and the page use it.
+WILSON = (
+    "95% Wilson score interval over the images it was counted on (for several seed replicates: "
+    "of their mean count); it covers the sampling of images only, not the seed"
+)
 # ladder.csv's columns and what each means (shown on the page; other tools read these names).
 LADDER_COLUMNS: dict[str, str] = {
     "rung": "position in the report, from 1",
-    "experiment": "experiment name",
+    "experiment": "experiment name; with seed replicates, the experiment they repeat",
     "parent": "the experiment this one is a diff of (its base), empty for a root",
     "changes": "settings that differ from the parent's (defaults a key takes on are not changes)",
+    "replicates": "runs this row stands for: 1, or the experiment and its seed replicates "
+    "(params.yaml `replicate_of`) in the report. With more than 1, every accuracy and Δ is the "
+    "mean over the runs, each run at its own val-picked checkpoint; best_epoch and "
+    "test_picked_epoch are the experiment's own",
+    "replicate_names": "the seed replicates folded into this row, space-separated; empty "
+    "without (each is an experiment of its own in checkpoints.csv)",
     "epochs": "epochs trained",
     "best_epoch": "the val-picked checkpoint: highest val accuracy, ties to the earliest epoch",
-    "train_acc": "train accuracy (%) in that epoch (running, over augmented batches)",
+    "train_acc": "train accuracy (%) in that epoch (running, over augmented batches: no interval)",
     "val_acc": "val accuracy (%) at the val-picked checkpoint",
+    "val_acc_low": f"lower end of val_acc's {WILSON}",
+    "val_acc_high": "upper end of the same interval",
     "test_acc": "test accuracy (%) at the val-picked checkpoint, no TTA: the experiment's result",
+    "test_acc_low": f"lower end of test_acc's {WILSON}",
+    "test_acc_high": "upper end of the same interval",
+    "test_acc_sd": "sample standard deviation (ddof 1) of test_acc over the seed replicates, in "
+    "percentage points: how much the result moves with the seed; empty for a single run",
     "test_acc_tta": "test accuracy (%) of the TTA majority vote at the same checkpoint; empty "
     "without TTA",
-    "test_acc_tta_mean": "mean test accuracy (%) of the single TTA passes; empty without TTA",
+    "test_acc_tta_low": "lower end of test_acc_tta's 95% Wilson interval (as test_acc_low)",
+    "test_acc_tta_high": "upper end of the same interval",
+    "test_acc_tta_mean": "test accuracy (%) of the mean TTA probabilities (argmax of their "
+    "average); empty without TTA",
+    "test_acc_tta_mean_low": "lower end of test_acc_tta_mean's 95% Wilson interval",
+    "test_acc_tta_mean_high": "upper end of the same interval",
     "delta_test_vs_parent": "test_acc minus the parent's test_acc (percentage points): no TTA on "
     "either side, on every row; empty without a parent in the report",
+    "delta_low": "lower end of the 95% interval of delta_test_vs_parent (pp). One run on each "
+    "side: a paired bootstrap over the test images (2,000 resamples, percentile). Seed "
+    "replicates on both sides: Welch's t interval of the difference of the mean accuracies; on "
+    "one side only: Student's, the variance pooled",
+    "delta_high": "upper end of the same interval",
+    "p_vs_parent": "two-sided p-value of that change: McNemar's exact test on the test images "
+    "where the two runs disagree (one run on each side), else the t-test of delta_low",
+    "within_noise": "true when p_vs_parent >= 0.05 or the interval of the change contains 0: "
+    "the change is not shown to be real",
+    "delta_method": "the rule that gave delta_low, delta_high and p_vs_parent: mcnemar (one "
+    "run per side), welch or student (seed replicates)",
     "delta_tta_vs_parent": "test_acc_tta minus the parent's test_acc_tta (percentage points); "
     "only where both use TTA",
+    "delta_tta_low": "lower end of the 95% interval of delta_tta_vs_parent, by the same rule",
+    "delta_tta_high": "upper end of the same interval",
+    "p_tta_vs_parent": "p-value of delta_tta_vs_parent, by the same rule",
+    "tta_within_noise": "within_noise for delta_tta_vs_parent",
     "best": "true for the best experiment: highest val_acc (ties: the earlier rung)",
     "ref_train": "the seed's reported train accuracy (%)",
     "ref_val": "the seed's reported val accuracy (%)",
@@ -58,11 +103,26 @@ LADDER_COLUMNS: dict[str, str] = {
     "ref_test_picked_test": "the seed's test accuracy (%) of that checkpoint",
     "test_picked_epoch": "our checkpoint with the highest test accuracy, no TTA (ties: the "
     "earliest): selected on the test set, for comparison only",
-    "test_picked_test": "its test accuracy (%), no TTA: optimistic, selected on the test set",
+    "test_picked_test": "its test accuracy (%), no TTA: optimistic, selected on the test set "
+    "(no interval of its own: see picked_gap)",
+    "picked_gap": "test_picked_test minus test_acc (percentage points, >= 0): how much picking "
+    "the checkpoint by its test accuracy flatters the result",
+    "picked_gap_low": "lower end of picked_gap's 95% interval: a paired bootstrap over the test "
+    "images (1,000 resamples, percentile) that picks the checkpoint on test again in every "
+    "resample",
+    "picked_gap_high": "upper end of the same interval",
     "description": "one line from params.yaml",
 }
+# Accuracy column -> (its count of correct images, the images counted): its interval's inputs.
+INTERVALS = {
+    "val_acc": ("val_correct", "val_images"),
+    "test_acc": ("test_correct", "test_images"),
+    "test_acc_tta": ("tta_correct", "test_images"),
+    "test_acc_tta_mean": ("tta_mean_correct", "test_images"),
+}
 CHECKPOINT_COLUMNS = [
-    "experiment", "epoch", "train_acc", "val_acc", "test_acc", "test_acc_tta", "test_acc_tta_mean",
+    "experiment", "epoch", "train_acc",
+    *(f"{column}{end}" for column in INTERVALS for end in ("", "_low", "_high")),
     "tta_passes", "train_loss", "val_loss", "test_loss", "val_picked", "test_picked",
 ]  # fmt: skip
 
@@ -147,13 +207,40 @@ def _reference(meta: dict) -> dict:
     }
 
 
-def _read_eval(path: Path, name: str, epoch: int) -> tuple[dict, list[dict]]:
-    """One checkpoint's evaluation: its row of the checkpoints table, and its per-class rows."""
+def read_labels(data: str | Path) -> dict[str, np.ndarray]:
+    """The val and test labels (val_y.npy, test_y.npy): what the predictions are counted
+    against."""
+    labels = {}
+    for split in ("val", "test"):
+        path = Path(data) / f"{split}_y.npy"
+        try:
+            y = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: file not found") from None
+        except (ValueError, OSError) as e:
+            raise ValueError(f"{path}: not a readable .npy file ({e})") from None
+        if y.ndim != 1 or y.dtype.kind not in "iu" or not len(y):
+            raise ValueError(f"{path}: expected 1-D integer labels, got {y.dtype} {y.shape}")
+        labels[split] = y
+    return labels
+
+
+def _read_eval(
+    path: Path, name: str, epoch: int, labels: dict[str, np.ndarray]
+) -> tuple[dict, list[dict], dict[str, np.ndarray]]:
+    """One checkpoint's evaluation: its row of the checkpoints table, its per-class rows, and
+    its per-image correctness (kind -> bool array) from the predictions beside it."""
     result = io.read_json(path)
     with _reading(path):
         if result["epoch"] != epoch:
             raise ValueError(f"{path}: holds epoch {result['epoch']}, expected {epoch}")
         tta = result["tta"] or {}
+        images = {split: int(result["images"][split]) for split in ("val", "test")}
+        accuracy = {
+            "val_plain": result["val"]["acc"],
+            "test_plain": result["test"]["acc"],
+            "test_tta": tta.get("vote_acc"),
+        }
         row = {
             "experiment": name,
             "epoch": epoch,
@@ -164,8 +251,8 @@ def _read_eval(path: Path, name: str, epoch: int) -> tuple[dict, list[dict]]:
             "test_acc_tta": _pct(tta.get("vote_acc")),
             "test_acc_tta_mean": _pct(tta.get("mean_acc")),
             "tta_passes": int(tta.get("passes", 0)),
-            "val_images": int(result["images"]["val"]),
-            "test_images": int(result["images"]["test"]),
+            "val_images": images["val"],
+            "test_images": images["test"],
         }
         per_class = [
             {
@@ -178,7 +265,51 @@ def _read_eval(path: Path, name: str, epoch: int) -> tuple[dict, list[dict]]:
             }
             for c in result["per_class"]
         ]
-    return row, per_class
+    for split, n in images.items():
+        if len(labels[split]) != n:
+            raise ValueError(
+                f"{path}: evaluated {n} {split} images, the prepared data has "
+                f"{len(labels[split])}: rerun the evaluation"
+            )
+    # The test predictions only: the report compares runs on the test images; val's count comes
+    # from the JSON (`ladder evaluate` checks every member when it caches them).
+    npz = path.with_suffix(predictions.SUFFIX)
+    predicted = predictions.read(
+        npz, predictions.expected(images, tta=bool(tta)), kinds=("test_plain", "test_tta")
+    )
+    correct = {}
+    for kind, pred in predicted.items():
+        correct[kind] = pred == labels[predictions.SPLITS[kind]]
+        count, n = int(np.count_nonzero(correct[kind])), len(pred)
+        if round(float(accuracy[kind]) * n) != count:  # the JSON's float32 mean of the same
+            raise ValueError(
+                f"{npz}: {kind} predictions are {count}/{n} right, but {path.name} says "
+                f"{float(accuracy[kind]):.6f}: the files come from different evaluations; rerun "
+                "the evaluation"
+            )
+    row |= {
+        # From the JSON's accuracy, exact: a float32 mean of the same count of right images.
+        "val_correct": round(float(accuracy["val_plain"]) * images["val"]),
+        "test_correct": int(np.count_nonzero(correct["test_plain"])),
+        "tta_correct": int(np.count_nonzero(correct["test_tta"])) if tta else math.nan,
+        # Not kept per image: its count from the JSON's accuracy, as val's.
+        "tta_mean_correct": round(float(tta["mean_acc"]) * images["test"]) if tta else math.nan,
+    }
+    return row, per_class, correct
+
+
+@dataclass(frozen=True)
+class Correct:
+    """One run's per-image correctness on the test images, a row per checkpoint in `epochs`
+    order: what its comparisons with other runs and its picked gap are counted from."""
+
+    epochs: list[int]
+    test: np.ndarray  # bool (checkpoints, test images), one plain pass
+    tta: np.ndarray | None  # bool (checkpoints, test images), the TTA vote; None without TTA
+
+    def at(self, epoch: int, tta: bool = False) -> np.ndarray:
+        """Correctness of the checkpoint of `epoch` (plain, or the TTA vote)."""
+        return (self.tta if tta else self.test)[self.epochs.index(epoch)]
 
 
 @dataclass(frozen=True)
@@ -187,17 +318,38 @@ class Runs:
 
     names: list[str]
     settings: dict[str, dict]  # train.json with evaluate.json under "tta": what `changes` compares
-    meta: dict[str, dict]  # report.json: base, description, and the flat ref_* numbers
+    meta: dict[str, dict]  # report.json: base, description, replicate_of, the flat ref_* numbers
     run: dict[str, dict]  # config.json, written by training
     history: pd.DataFrame  # history.csv rows of every run, plus `experiment`
     steps: pd.DataFrame  # steps.csv rows of every run, plus `experiment`
     checkpoints: pd.DataFrame  # one row per evaluated checkpoint (eval/epoch_NNN.json)
     per_class: pd.DataFrame  # one row per (experiment, checkpoint, class)
+    correct: dict[str, Correct]  # per-image correctness (eval/epoch_NNN.npz), by experiment
+
+    @cached_property
+    def sets(self) -> dict[str, list[str]]:
+        """Each ladder row's experiment -> the runs it stands for: itself, then its seed
+        replicates in the report, in report order. A replicate whose experiment is not in the
+        report is a row of its own."""
+        rows = {n: [n] for n in self.names if self.meta[n]["replicate_of"] not in self.names}
+        for name in self.names:
+            if self.meta[name]["replicate_of"] in rows:
+                rows[self.meta[name]["replicate_of"]].append(name)
+        return rows
+
+    @cached_property
+    def row_of(self) -> dict[str, str]:
+        """Experiment -> the ladder row that shows it (a replicate: its experiment's)."""
+        return {member: row for row, members in self.sets.items() for member in members}
 
 
-def read_runs(names: list[str], configs: str | Path, runs: str | Path) -> Runs:
-    parts = [_read_experiment(name, Path(configs) / name, Path(runs) / name) for name in names]
-    settings, meta, run, history, steps, checkpoints, per_class = zip(*parts, strict=True)
+def read_runs(
+    names: list[str], configs: str | Path, runs: str | Path, labels: dict[str, np.ndarray]
+) -> Runs:
+    parts = [
+        _read_experiment(name, Path(configs) / name, Path(runs) / name, labels) for name in names
+    ]
+    settings, meta, run, history, steps, checkpoints, per_class, correct = zip(*parts, strict=True)
     return Runs(
         names=list(names),
         settings=dict(zip(names, settings, strict=True)),
@@ -207,10 +359,11 @@ def read_runs(names: list[str], configs: str | Path, runs: str | Path) -> Runs:
         steps=pd.concat(steps, ignore_index=True),
         checkpoints=pd.DataFrame([row for rows in checkpoints for row in rows]),
         per_class=pd.DataFrame([row for rows in per_class for row in rows]),
+        correct=dict(zip(names, correct, strict=True)),
     )
 
 
-def _read_experiment(name: str, configs: Path, run: Path) -> tuple:
+def _read_experiment(name: str, configs: Path, run: Path, labels: dict[str, np.ndarray]) -> tuple:
     train = io.read_json(configs / "train.json")
     tta = io.read_json(configs / "evaluate.json")
     report = io.read_json(configs / "report.json")
@@ -218,6 +371,7 @@ def _read_experiment(name: str, configs: Path, run: Path) -> tuple:
         meta = {
             "base": report["base"] or "",
             "description": report["description"],
+            "replicate_of": report["replicate_of"] or "",
             **_reference(report),
         }
     run_config = io.read_json(run / "config.json")
@@ -240,9 +394,18 @@ def _read_experiment(name: str, configs: Path, run: Path) -> tuple:
     steps["acc"] *= 100
     steps.insert(0, "experiment", name)
 
-    evals = [_read_eval(run / "eval" / f"epoch_{e:03d}.json", name, e) for e in epochs]
-    rows, per_class = [row for row, _ in evals], [c for _, classes in evals for c in classes]
-    return {**train, "tta": tta}, meta, run_config, history, steps, rows, per_class
+    evals = [_read_eval(run / "eval" / f"epoch_{e:03d}.json", name, e, labels) for e in epochs]
+    rows = [row for row, _, _ in evals]
+    per_class = [c for _, classes, _ in evals for c in classes]
+    has_tta = {"test_tta" in correct for _, _, correct in evals}
+    if len(has_tta) > 1:
+        raise ValueError(f"{run / 'eval'}: some checkpoints were evaluated with TTA, some without")
+    correct = Correct(
+        epochs,
+        np.stack([c["test_plain"] for _, _, c in evals]),
+        np.stack([c["test_tta"] for _, _, c in evals]) if has_tta == {True} else None,
+    )
+    return {**train, "tta": tta}, meta, run_config, history, steps, rows, per_class, correct
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,49 +431,143 @@ def picked_on_test(runs: Runs) -> pd.DataFrame:
     return _picked(runs.checkpoints, runs.checkpoints["test_acc"])
 
 
-def _deltas(child: pd.Series, parent: pd.Series | None) -> dict[str, float]:
-    """Change versus the parent, each on one basis on every row: plain test minus plain test, and
-    TTA vote minus TTA vote (NaN unless both have TTA). Never one basis for the other."""
-    if parent is None:
-        return {"delta_test_vs_parent": math.nan, "delta_tta_vs_parent": math.nan}
+# Per-checkpoint columns a ladder row averages over its runs (accuracies and their counts).
+_AVERAGED = [
+    "val_acc", "test_acc", "test_acc_tta", "test_acc_tta_mean",
+    *(count for count, _ in INTERVALS.values()),
+]  # fmt: skip
+
+
+def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with <accuracy>_low and <accuracy>_high (%) for every accuracy in INTERVALS,
+    from its count and images columns: the Wilson interval, vectorised."""
+    table = table.copy()
+    for column, (count, images) in INTERVALS.items():
+        low, high = significance.wilson_intervals(table[count], table[images])
+        table[f"{column}_low"], table[f"{column}_high"] = 100 * low, 100 * high
+    return table
+
+
+def _set_means(runs: Runs, best: pd.DataFrame, by_test: pd.DataFrame) -> pd.DataFrame:
+    """One row per ladder row, by experiment: its runs' means at their val-picked checkpoints
+    (a single run: its own numbers), the sd of test_acc, and the intervals."""
+    history = runs.history.set_index(["experiment", "epoch"])["train_acc"]
+    rows = {}
+    for name, members in runs.sets.items():
+        picks = best.loc[members]
+        rows[name] = {
+            **picks[_AVERAGED].astype(float).mean(skipna=False),
+            "val_images": picks["val_images"].iloc[0],
+            "test_images": picks["test_images"].iloc[0],
+            "train_acc": np.mean([history.loc[(m, picks.loc[m, "epoch"])] for m in members]),
+            "test_acc_sd": significance.replicate_summary(picks["test_acc"]).sd,
+            "test_picked_test": by_test.loc[members, "test_acc"].mean(),
+        }
+    return with_intervals(pd.DataFrame.from_dict(rows, orient="index"))
+
+
+def compare(
+    runs: Runs, best: pd.DataFrame, child: list[str], parent: list[str], tta: bool = False
+) -> significance.Comparison | None:
+    """Runs `child` versus runs `parent` on the same test images, each at its val-picked
+    checkpoint (plain, or the TTA vote: None unless every run has TTA); see
+    significance.compare_to_parent."""
+    if tta and any(runs.correct[m].tta is None for m in child + parent):
+        return None
+    child_correct, parent_correct = (
+        [runs.correct[m].at(best.loc[m, "epoch"], tta) for m in members]
+        for members in (child, parent)
+    )
+    return significance.compare_to_parent(child_correct, parent_correct)
+
+
+# The Δ columns of each basis (plain, TTA vote): accuracy compared, Δ, interval, p, noise mark.
+_DELTA_COLUMNS = {
+    False: ("test_acc", "delta_test_vs_parent", "delta_low", "delta_high", "p_vs_parent",
+            "within_noise"),
+    True: ("test_acc_tta", "delta_tta_vs_parent", "delta_tta_low", "delta_tta_high",
+           "p_tta_vs_parent", "tta_within_noise"),
+}  # fmt: skip
+
+
+def _versus_parent(runs: Runs, best: pd.DataFrame, means: pd.DataFrame, name: str) -> dict:
+    """The Δ columns of `name`'s row: its change versus the parent's row on one basis each
+    (plain minus plain, TTA vote minus TTA vote), with interval, p-value and noise mark; empty
+    without a parent in the report (or, for the TTA basis, without TTA on both sides)."""
+    parent = runs.row_of.get(runs.meta[name]["base"])
+    columns: dict = {"delta_method": ""}
+    for tta, (accuracy, delta, low, high, p, noise) in _DELTA_COLUMNS.items():
+        result = None
+        if parent is not None and parent != name:
+            result = compare(runs, best, runs.sets[name], runs.sets[parent], tta)
+        if result is None:
+            columns |= {delta: math.nan, low: math.nan, high: math.nan, p: math.nan, noise: None}
+            continue
+        columns |= {
+            delta: means.loc[name, accuracy] - means.loc[parent, accuracy],
+            low: 100 * result.low,
+            high: 100 * result.high,
+            p: result.pvalue,
+            noise: result.within_noise,
+        }
+        if not tta:
+            columns["delta_method"] = result.method
+    return columns
+
+
+def _picked_gaps(runs: Runs, best: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Each row's gain from picking its runs' checkpoints on test instead (pp, the mean over its
+    runs) with its interval: significance.picked_gaps, every row in one bootstrap."""
+    sets = runs.sets
+    gaps = significance.picked_gaps(
+        [[runs.correct[m].test for m in members] for members in sets.values()],
+        [[runs.correct[m].epochs.index(best.loc[m, "epoch"]) for m in ms] for ms in sets.values()],
+    )
     return {
-        "delta_test_vs_parent": child["test_acc"] - parent["test_acc"],
-        "delta_tta_vs_parent": child["test_acc_tta"] - parent["test_acc_tta"],  # NaN propagates
+        name: {
+            "picked_gap": 100 * gap.gap,
+            "picked_gap_low": 100 * gap.low,
+            "picked_gap_high": 100 * gap.high,
+        }
+        for name, gap in zip(sets, gaps, strict=True)
     }
 
 
 def ladder_table(runs: Runs) -> pd.DataFrame:
-    """One row per experiment, in ladder order; accuracies in % at the val-picked checkpoint."""
+    """One row per experiment, a set of seed replicates in one row (its experiment's), in ladder
+    order; accuracies in % at the val-picked checkpoint (means over a set)."""
     best, by_test = picked_on_val(runs), picked_on_test(runs)
-    history = runs.history.set_index(["experiment", "epoch"])
+    means, gaps = _set_means(runs, best, by_test), _picked_gaps(runs, best)
     rows = []
-    for rung, name in enumerate(runs.names, 1):
-        meta, pick = runs.meta[name], best.loc[name]
-        parent = meta["base"]
-        in_report = parent in runs.settings
+    for rung, (name, members) in enumerate(runs.sets.items(), 1):
+        meta = runs.meta[name]
         rows.append(
             {
                 "rung": rung,
                 "experiment": name,
-                "parent": parent,
+                "parent": meta["base"],
                 "changes": _changes_text(runs, name),
+                "replicates": len(members),
+                "replicate_names": " ".join(members[1:]),
                 "epochs": runs.settings[name]["epochs"],
-                "best_epoch": pick["epoch"],
-                "train_acc": history.loc[(name, pick["epoch"]), "train_acc"],
-                **pick[["val_acc", "test_acc", "test_acc_tta", "test_acc_tta_mean"]].to_dict(),
-                **_deltas(pick, best.loc[parent] if in_report else None),
+                "best_epoch": best.loc[name, "epoch"],
+                **means.loc[name].to_dict(),
+                **_versus_parent(runs, best, means, name),
                 "best": False,
                 **{k: meta[k] for k in LADDER_COLUMNS if k.startswith("ref_")},
                 "test_picked_epoch": by_test.loc[name, "epoch"],
-                "test_picked_test": by_test.loc[name, "test_acc"],
+                **gaps[name],
                 "description": meta["description"],
             }
         )
-    ints = ["rung", "epochs", "best_epoch", "ref_test_picked_epoch", "test_picked_epoch"]
+    ints = [
+        "rung", "replicates", "epochs", "best_epoch", "ref_test_picked_epoch", "test_picked_epoch"
+    ]  # fmt: skip
     refs = [c for c in LADDER_COLUMNS if c.startswith("ref_") and c not in ints]  # None -> NaN
     table = pd.DataFrame(rows, columns=list(LADDER_COLUMNS))
     table.loc[best_row(table), "best"] = True
-    return table.astype({c: "Int64" for c in ints} | {c: float for c in refs})
+    flags = {"within_noise": "boolean", "tta_within_noise": "boolean"}
+    return table.astype({c: "Int64" for c in ints} | {c: float for c in refs} | flags)
 
 
 def _changes_text(runs: Runs, name: str) -> str:
@@ -324,7 +581,8 @@ def _changes_text(runs: Runs, name: str) -> str:
 
 def checkpoints_table(runs: Runs) -> pd.DataFrame:
     """One row per (experiment, checkpoint) in ladder order, with the history's train numbers at
-    that epoch (the running mean over the epoch's augmented batches)."""
+    that epoch (the running mean over the epoch's augmented batches) and every accuracy's
+    interval."""
     train = runs.history[["experiment", "epoch", "train_acc", "train_loss"]]
     table = runs.checkpoints.merge(train, on=["experiment", "epoch"], how="left", validate="1:1")
     keys = list(zip(table["experiment"], table["epoch"], strict=True))
@@ -334,7 +592,7 @@ def checkpoints_table(runs: Runs) -> pd.DataFrame:
     ):
         chosen = set(zip(picked.index, picked["epoch"], strict=True))
         table[column] = [key in chosen for key in keys]
-    return table[CHECKPOINT_COLUMNS]
+    return with_intervals(table)[CHECKPOINT_COLUMNS]
 
 
 def best_row(ladder: pd.DataFrame):
@@ -347,6 +605,26 @@ def best_row(ladder: pd.DataFrame):
 def best_experiment(ladder: pd.DataFrame) -> pd.Series:
     """The best experiment's ladder row (see `best_row`); its result is its plain `test_acc`."""
     return ladder.loc[best_row(ladder)]
+
+
+def runner_up(ladder: pd.DataFrame) -> pd.Series | None:
+    """The runner-up's ladder row by the same rule: the best of the other rows (highest val
+    accuracy, ties: the earlier rung); None with a single row."""
+    rest = ladder.drop(index=best_row(ladder))
+    return None if rest.empty else rest.loc[best_row(rest)]
+
+
+def versus_runner_up(
+    runs: Runs, ladder: pd.DataFrame
+) -> tuple[pd.Series, significance.Comparison] | None:
+    """The runner-up's row and the best experiment's test accuracy compared with it (every run
+    of either at its val-picked checkpoint, as for a parent); None with a single row."""
+    second = runner_up(ladder)
+    if second is None:
+        return None
+    first = best_experiment(ladder)["experiment"]
+    sets = runs.sets
+    return second, compare(runs, picked_on_val(runs), sets[first], sets[second["experiment"]])
 
 
 def seed_best(ladder: pd.DataFrame) -> dict | None:
@@ -395,8 +673,13 @@ def metrics(ladder: pd.DataFrame) -> dict:
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:
-    """Accuracies (and deltas) to 2 decimals, losses to 4; missing values as empty cells."""
-    decimals = {c: 4 if c.endswith("_loss") else 2 for c in table.select_dtypes(float).columns}
+    """Accuracies (and deltas) to 2 decimals, losses to 4, p-values to 3 significant digits (a
+    p-value of 1e-12 is not 0); missing values as empty cells."""
+    table = table.copy()
+    floats = table.select_dtypes(float).columns
+    for column in (c for c in floats if c.startswith("p_")):
+        table[column] = [float(f"{p:.3g}") for p in table[column]]
+    decimals = {c: 4 if c.endswith("_loss") else 2 for c in floats if not c.startswith("p_")}
     table.round(decimals).to_csv(path, index=False, lineterminator="\n")
 
 

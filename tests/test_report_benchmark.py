@@ -1,0 +1,39 @@
+"""benchmarks/report.py runs (small data, a three-rung ladder, this tree timed twice): it builds
+inputs the report accepts, with predictions, and prints what BENCHMARKS.md records."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import yaml
+from conftest import REPO
+from report_fixtures import PARAMS
+
+
+def test_report_benchmark_runs_on_small_data(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(PARAMS))
+    workflow = str(REPO / "workflow")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "report.py"),
+            *("--params", str(params), "--before", workflow, "--repeat", "1"),
+            *("--shape", "4", "200", "100", "400", "16"),
+        ],
+        env={**os.environ, "PYTHONPATH": workflow, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert (
+        "inputs: 3 experiments, 9 checkpoints, 200 val / 100 test images, 4 classes" in (lines[1])
+    )
+    assert lines[2].lstrip().startswith("before: build_report")
+    assert lines[3].lstrip().startswith("after: build_report")
+    assert lines[4].lstrip().startswith("added:")
