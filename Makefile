@@ -6,9 +6,10 @@ VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-SNAKEMAKE_DEMO := snakemake --cores 2 --configfile config/demo.yaml --replace-workflow-config
+# The target first: --configfile takes every word after it.
+SNAKEMAKE_DEMO := snakemake report --cores 2 --configfile config/demo.yaml --replace-workflow-config
 
-.PHONY: install demo test lint system-deps clean
+.PHONY: install demo screenshot test lint system-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +21,12 @@ install: $(VENV)/.installed
 
 # The whole DAG on the built-in digits dataset, on the CPU; ends in results/report/index.html.
 demo: install
-	$(SNAKEMAKE_DEMO) report
+	$(SNAKEMAKE_DEMO)
 	@echo "Report: $(CURDIR)/results/report/index.html"
+
+# The README's picture, taken from the demo's own report (needs `make system-deps`).
+screenshot: demo
+	python docs/screenshot.py results/report/index.html docs/report.png
 
 # System packages some tests drive (a browser for the report page; a one-node SLURM cluster for
 # the cluster profile). Installed when running as root with apt (CI, fresh machines); elsewhere

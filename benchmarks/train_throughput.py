@@ -8,7 +8,8 @@ batch 32 and 256:
   per-image augmentation there, bf16 autocast and channels_last on CUDA, fused SGD), eager and
   compiled (compile time reported separately);
 - images/s, seconds per 80,000-image epoch, the speed-up, and the share of the GPU's dense
-  bf16 peak (FLOPs counted with torch's FlopCounterMode);
+  bf16 peak (FLOPs counted with torch's FlopCounterMode, corrected by ladder.flops: torch
+  counts a grouped convolution's weight gradient as if it were dense);
 - the aggregate images/s of 1, 2 and 4 concurrent training processes of the seed's rung;
 - TTA: N augmented passes over the test images with EfficientNetV2-S.
 
@@ -40,14 +41,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ladder import config, evaluate, io, models
+from ladder import config, evaluate, flops, io, models
 from ladder.augment import Normalize
 from ladder.loader import DeviceSplit
 from ladder.train import Learner
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms as T
 
 MODELS = {
@@ -257,10 +257,10 @@ def ours(model_name, batch, args, device, compile_mode: str) -> dict:
 
 
 def flops_per_image(model_name, args, device) -> float:
-    """Forward + backward FLOPs of one image (matmul/conv FLOPs, as FlopCounterMode counts)."""
+    """Forward + backward FLOPs of one image (matmul/conv FLOPs, as ladder.flops counts them)."""
     model = build_model(model_name, args, device)
     x = torch.randn(2, 3, args.image_size, args.image_size, device=device)
-    with FlopCounterMode(display=False) as counter:
+    with flops.counter() as counter:
         model(x).sum().backward()
     return counter.get_total_flops() / 2
 

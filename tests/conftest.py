@@ -4,6 +4,7 @@ scratch copy of the workflow to run Snakemake and DVC in."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import http.server
 import io as stdio
@@ -199,6 +200,15 @@ class Project:
             shutil.copytree(REPO / name, root / name, ignore=_ignore, dirs_exist_ok=True)
         self.write_params(params)
 
+    @classmethod
+    def copy(cls, source: Project, root: Path) -> Project:
+        """A copy of `source` with its results and Snakemake's records, timestamps kept: what
+        is up to date there is up to date here."""
+        shutil.copytree(source.root, root, symlinks=True)
+        project = cls.__new__(cls)
+        project.root = root
+        return project
+
     def write_params(self, params: dict) -> None:
         (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -264,10 +274,11 @@ TINY_EXPERIMENTS = {
 
 
 def tiny_params(**dataset) -> dict:
+    """A fresh copy each time: tests edit what they get."""
     return {
         "dataset": {"source": "digits", "image_size": 16, **dataset},
         "tta": {"passes": 0},
-        "experiments": TINY_EXPERIMENTS,
+        "experiments": copy.deepcopy(TINY_EXPERIMENTS),
     }
 
 

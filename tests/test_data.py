@@ -115,10 +115,12 @@ def test_duplicates_across_splits_are_counted():
 def test_md5_mismatch_is_an_error_and_leaves_nothing(tmp_path, tin_zip, server):
     (server.root / "t.zip").write_bytes(tin_zip.read_bytes())
     out = tmp_path / "raw"
-    with pytest.raises(DownloadError, match=r"does not match dataset.md5 = 0{32}"):
+    with pytest.raises(DownloadError, match=rf"t.zip: the download's md5 is {md5(tin_zip)}, not "
+                       r"dataset.md5 = 0{32}"):  # fmt: skip
         download(
-            {"source": "tinyimagenet", "url": server.url("t.zip"), "md5": "0" * 32}, out, retries=0
+            {"source": "tinyimagenet", "url": server.url("t.zip"), "md5": "0" * 32}, out, retries=3
         )
+    assert server.requests == ["/t.zip"]  # a wrong checksum is not downloaded again
     assert not out.exists()
     assert list(tmp_path.iterdir()) == [tmp_path / "www"]  # no temporary folder left either
 
@@ -189,9 +191,20 @@ def test_unsafe_archive_members_are_rejected_before_anything_is_written(tmp_path
         archive.extract(bad, tmp_path / "target")
     assert not any((tmp_path / "target").iterdir())
     assert not (tmp_path / "escape.png").exists()
-    # the same archive as a folder dataset: a clear error, nothing at the final path
-    with pytest.raises(archive.UnsafeArchiveError):
+    # the same archive as a folder dataset: an error that names the key and the file the user
+    # gave (not a temporary copy), nothing at the final path
+    with pytest.raises(archive.UnsafeArchiveError, match=rf"^dataset.path = {bad}: member "):
         download({"source": "folder", "path": str(bad), "test_path": ""}, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_refused_download_names_the_url(tmp_path, server):
+    bad = _zip_with(server.root / "bad.zip", "../escape.png")
+    with pytest.raises(archive.UnsafeArchiveError, match=rf"^{server.url('bad.zip')}: member "):
+        download(
+            {"source": "tinyimagenet", "url": server.url("bad.zip"), "md5": md5(bad)},
+            tmp_path / "raw",
+        )
     assert not (tmp_path / "raw").exists()
 
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+import torch
 from conftest import REPO, Project, make_tinyimagenet_zip, md5, serving
 from ladder import stages, workspace
 
@@ -137,7 +138,11 @@ def project(tmp_path_factory, archives) -> Project:
     project.run("git", "init", "-q")
     project.run("dvc", "init", "-q")
     shutil.copy2(REPO / ".dvc" / "config", project.path(".dvc/config"))  # the shipped cache links
-    project.snakemake("report")
+    # On the CPU a model's weights depend on how many threads computed them (the order of its
+    # parallel sums): Snakemake gives training half of --cores, DVC's stage commands all cores.
+    # The same threads here, so that both engines' bytes can be compared.
+    threads = torch.get_num_threads()
+    project.snakemake("report", "--set-threads", f"train={threads}", f"evaluate={threads}")
     return project
 
 
@@ -278,6 +283,7 @@ def downstream(names: set[str], experiments) -> set[str]:
 def check_plans(project: Project, expected: set[str]) -> None:
     """DVC finds exactly `expected` changed; Snakemake plans those and everything after them,
     running for a reason of their own (not only because a job before them runs) at most those."""
+    # Snakemake first: its dry run writes the settings files that DVC then reads as changed.
     planned, direct = snakemake_plan(project)
     assert dvc_changed(project) == expected
     assert direct <= expected
@@ -362,7 +368,7 @@ def test_dvc_started_while_snakemake_runs_stops_and_loses_nothing(project):
     with background(project, "snakemake", "--cores", "1", "report") as snakemake:
         # Held from Snakemake's start of execution to its end (three jobs here: seconds).
         lock = project.path(workspace.SNAKEMAKE_LOCK)
-        wait_until(lambda: workspace._is_locked(lock), "Snakemake executing", snakemake)
+        wait_until(lambda: workspace.is_locked(lock), "Snakemake executing", snakemake)
         refused = project.run("dvc", "repro", check=False)
         assert snakemake.wait() == 0, snakemake.stdout.read()
     assert refused.returncode != 0

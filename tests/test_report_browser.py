@@ -7,8 +7,8 @@ selenium package. Without them the test is skipped, or fails where CI is set.
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +17,16 @@ from ladder.report import build_report
 from PIL import Image
 from report_fixtures import write_inputs
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
+import screenshot  # docs/screenshot.py: the browser the README's picture uses
+
 WIDTH, HEIGHT = 1400, 1000
 
 
 def _require_browser() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
-    if importlib.util.find_spec("selenium") is None:
-        missing.append("the selenium package")
-    if missing:
+    if absent := screenshot.missing():
         message = (
-            f"missing {', '.join(missing)}: install them with `apt-get install -y chromium "
+            f"missing {', '.join(absent)}: install them with `apt-get install -y chromium "
             "chromium-driver` (or `make system-deps` as root) and `pip install selenium`"
         )
         if os.environ.get("CI"):
@@ -37,31 +35,10 @@ def _require_browser() -> None:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def browser():
     _require_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--window-size={WIDTH},{HEIGHT}",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # An explicit driver path: Selenium Manager never runs, nothing is downloaded.
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    yield driver
-    driver.quit()
+    with screenshot.chromium(WIDTH, HEIGHT) as driver:
+        yield driver
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -46,16 +47,15 @@ def settings(**diff) -> dict:
 
 
 def run(digits: Path, tmp: Path, s: dict, name: str = "x") -> Path:
-    return train.train(
-        name,
-        s,
-        digits / "prepared",
-        digits / "stats.json",
-        tmp / "runs" / name,
-        resume_root=tmp / "resume",
+    runtime = train.Runtime(
         device="cpu",
         threads=2,
-        progress=False,
+        progress_bar=False,
+        resume_root=tmp / "resume",
+        failed_root=tmp / "failed",
+    )
+    return train.train(
+        name, s, digits / "prepared", digits / "stats.json", tmp / "runs" / name, runtime
     )
 
 
@@ -110,14 +110,47 @@ def test_checkpoint_every_and_the_last_epoch(digits, tmp_path):
     ]
 
 
-def test_nonfinite_loss_names_experiment_epoch_and_step(digits, tmp_path):
-    s = settings(epochs=2, batch_size=64, optimizer={"lr": 1.0e12}, log_every=1000)
+def test_a_diverged_run_names_where_and_keeps_its_last_good_checkpoint(digits, tmp_path):
+    # Epoch 1 trains; the learning rate then jumps by 1e12 and epoch 2 diverges.
+    s = settings(
+        epochs=3, batch_size=64, log_every=1000, checkpoint_every=1,
+        schedule={"name": "multistep", "milestones": [1], "gamma": 1.0e12},
+    )  # fmt: skip
     with pytest.raises(
         train.NonFiniteLossError,
-        match=r"experiment x: the loss became NaN/inf at epoch 1, step \d+",
+        match=r"experiment x: the loss became NaN/inf at epoch 2, step \d+ of the epoch "
+        r"\(step \d+ of the run\); lower optimizer.lr",
     ):
         run(digits, tmp_path, s)
-    assert not (tmp_path / "runs" / "x" / "history.csv").exists()
+    assert not (tmp_path / "runs" / "x" / "history.csv").exists()  # no output looks finished
+    kept = tmp_path / "failed" / "x"
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["epoch_001.pt"]
+    weights = torch.load(kept / "checkpoints" / "epoch_001.pt", weights_only=True)
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert [r["epoch"] for r in read_csv(kept / "history.csv")] == ["1"]
+
+
+def test_progress_lines_and_tensorboard_events(digits, tmp_path, caplog):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    s = settings(epochs=2, batch_size=32, log_every=5)
+    runtime = train.Runtime(
+        device="cpu", progress_bar=False, progress_seconds=0.0, resume_root=tmp_path / "resume",
+        failed_root=tmp_path / "failed",
+    )  # fmt: skip
+    with caplog.at_level("INFO", logger="ladder.train"):
+        out = train.train("x", s, digits / "prepared", digits / "stats.json", tmp_path / "x",
+                          runtime)  # fmt: skip
+    steps = 1149 // 32
+    lines = [r.message for r in caplog.records if " step " in r.message]
+    assert f"x epoch 2/2 step {steps // 2}/{steps} (" in "\n".join(lines)
+    assert all("img/s; epoch ETA " in line and ", run ETA " in line for line in lines)
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(5, 2 * steps + 1, 5))
+    assert [e.step for e in events.Scalars("epoch/val_acc")] == [steps, 2 * steps]
+    history = read_csv(out / "history.csv")
+    assert events.Scalars("epoch/val_acc")[-1].value == pytest.approx(float(history[-1]["val_acc"]))
 
 
 def test_a_changed_experiment_never_resumes_a_stale_state(digits, tmp_path):
@@ -134,7 +167,12 @@ def _state_dir(digits: Path, tmp: Path, s: dict) -> Path:
     return tmp / "resume" / "x" / config.fingerprint(identity)
 
 
-@pytest.mark.parametrize("damage", ["truncated state", "checkpoint differs"])
+class _Payload:
+    def __reduce__(self):  # would run code if unpickled
+        return (exec, ("raise SystemExit('executed')",))
+
+
+@pytest.mark.parametrize("damage", ["truncated state", "poisoned state", "checkpoint differs"])
 def test_a_resume_state_that_cannot_be_trusted_is_discarded(digits, tmp_path, caplog, damage):
     s = settings(epochs=2, batch_size=128)
     reference = run(digits, tmp_path / "reference", s)
@@ -148,6 +186,8 @@ def test_a_resume_state_that_cannot_be_trusted_is_discarded(digits, tmp_path, ca
     torch.save({"progress": progress.__dict__}, state_dir / "state.pt")
     if damage == "truncated state":
         (state_dir / "state.pt").write_bytes((state_dir / "state.pt").read_bytes()[:50])
+    elif damage == "poisoned state":
+        torch.save({"progress": _Payload()}, state_dir / "state.pt", pickle_module=pickle)
     with caplog.at_level("WARNING", logger="ladder.train"):
         out = run(digits, tmp_path, s)
     assert f"discarding resume state {state_dir}" in caplog.text

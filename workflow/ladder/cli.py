@@ -21,19 +21,33 @@ log = logging.getLogger("ladder")
 
 # Errors whose message says what is wrong (a file, key or value): shown without a traceback,
 # unless LADDER_DEBUG=1.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    OSError,
+    RuntimeError,
+    FloatingPointError,  # a diverged training run
+)
 
 
 def _configure(args: argparse.Namespace) -> None:
     from ladder import config
 
     params = config.load(args.params)
+    config.check_runnable(params, stages.PREPARED, args.out_dir)
     written = config.write_settings(params, args.out_dir)
     log.info("%d settings file(s) changed in %s", len(written), args.out_dir)
 
 
 def _dvc_yaml(args: argparse.Namespace) -> None:
     sys.stdout.write(stages.dvc_yaml())
+
+
+def _check(args: argparse.Namespace) -> None:
+    from ladder import config
+
+    params = config.load(args.params)
+    config.check_runnable(params, args.data, args.configs)
+    log.info("%s: %d experiment(s), valid", args.params, len(params.experiments))
 
 
 def _dvc_commit(args: argparse.Namespace) -> None:
@@ -67,20 +81,18 @@ def _train(args: argparse.Namespace) -> None:
 
     settings = io.read_json(args.settings)
     with devices.job_device(args.device, args.jobs_per_gpu, args.lease_dir) as device:
-        from ladder.train import train  # after the lease: CUDA must see only the leased GPU
+        from ladder.train import Runtime, train  # after the lease: CUDA must see only that GPU
 
-        train(
-            name=args.experiment,
-            settings=settings,
-            data=args.data,
-            stats=args.stats,
-            out=args.out,
-            resume_root=args.resume_dir,
+        runtime = Runtime(
             device=device,
             compile_mode=args.compile,
             threads=args.threads,
-            progress=not args.no_progress,
+            progress_bar=not args.no_progress,
+            progress_seconds=args.progress_seconds,
+            resume_root=args.resume_dir,
+            failed_root=args.failed_dir,
         )
+        train(args.experiment, settings, args.data, args.stats, args.out, runtime)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -105,6 +117,35 @@ def _report(args: argparse.Namespace) -> None:
     )
 
 
+def _plan(args: argparse.Namespace) -> None:
+    import json
+
+    from ladder import plan
+
+    result = plan.plan(
+        args.params,
+        ".",
+        args.throughput or plan.THROUGHPUT,
+        args.tflops or plan.ASSUMED_TFLOPS,
+        everything=args.all,
+    )
+    text = json.dumps(result.as_dict(), indent=2) if args.json else plan.format_plan(result)
+    sys.stdout.write(text + "\n")
+
+
+def _status(args: argparse.Namespace) -> None:
+    import json
+
+    from ladder import status
+
+    rows = status.status(args.params, ".", everything=args.all)
+    if args.json:
+        text = json.dumps([r.as_dict() for r in rows], indent=2)
+    else:
+        text = status.format_status(rows)
+    sys.stdout.write(text + "\n")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ladder", description=__doc__.splitlines()[0])
     p.add_argument("--log", type=Path, help="also write the log to this file")
@@ -114,6 +155,18 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--params", type=Path, required=True, help="params.yaml to resolve")
     c.add_argument("--out-dir", type=Path, required=True, help="results/configs")
     c.set_defaults(func=_configure)
+
+    ch = sub.add_parser(
+        "check", help="validate a params file (syntax, keys, inheritance, batch vs data) and stop"
+    )
+    ch.add_argument("params", type=Path, nargs="?", default=Path(stages.PARAMS))
+    ch.add_argument(
+        "--data", type=Path, default=Path(stages.PREPARED), help="prepared data, if any"
+    )
+    ch.add_argument(
+        "--configs", type=Path, default=Path(stages.CONFIGS), help="the settings that made them"
+    )
+    ch.set_defaults(func=_check)
 
     y = sub.add_parser("dvc-yaml", help="print dvc.yaml, generated from the stage table")
     y.set_defaults(func=_dvc_yaml)
@@ -181,6 +234,18 @@ def parser() -> argparse.ArgumentParser:
         help="torch.compile mode on CUDA [env LADDER_COMPILE]",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=float(os.environ.get("LADDER_PROGRESS_SECONDS", "30")),
+        help="a progress log line at most this often during an epoch [env LADDER_PROGRESS_SECONDS]",
+    )
+    t.add_argument(
+        "--failed-dir",
+        type=Path,
+        default=Path(stages.FAILED),
+        help="where a diverged run leaves its last good checkpoints",
+    )
     t.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate", parents=[runtime], help="evaluate checkpoints, with TTA")
@@ -207,6 +272,34 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--data", type=Path, required=True, help="results/data/prepared")
     rep.add_argument("--out", type=Path, required=True, help="results/report")
     rep.set_defaults(func=_report)
+
+    # Read-only views for people, run from the project root: no engine, nothing written.
+    view = argparse.ArgumentParser(add_help=False)
+    view.add_argument("--params", type=Path, default=Path(stages.PARAMS), help="params.yaml")
+    view.add_argument("--all", action="store_true", help="every experiment, not only `run:`")
+    view.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    pl = sub.add_parser(
+        "plan", parents=[view], help="epochs, images, FLOPs, GPU time and disk, before running"
+    )
+    pl.add_argument(
+        "--throughput",
+        type=Path,
+        help="images/s measured by benchmarks/train_throughput.py --json "
+        "(default: benchmarks/throughput.json)",
+    )
+    pl.add_argument(
+        "--tflops",
+        type=float,
+        help="sustained TFLOP/s assumed where nothing was measured (default: 4.7, the rate "
+        "the seed's reported epoch time implies)",
+    )
+    pl.set_defaults(func=_plan)
+
+    st = sub.add_parser(
+        "status", parents=[view], help="each experiment: done, outdated, running, failed, ..."
+    )
+    st.set_defaults(func=_status)
     return p
 
 

@@ -7,6 +7,7 @@ replaced, never modified in place (a write through the link would corrupt the ca
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -26,6 +27,25 @@ def _remove_stale(path: Path) -> None:
 
 
 @contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A full disk (or quota) while writing `path` fails with an error that names it."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or str(path) in str(e):
+            raise
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 1e6:.0f} MB free"
+        except OSError:
+            free = "free space unknown"
+        raise OSError(
+            e.errno,
+            f"{path}: no space left on the device while writing it ({free}); nothing was "
+            "left half-written: free some space, then run the same command again",
+        ) from None
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path, mode: int | None = 0o644) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it to `path` if the block succeeds."""
     path = Path(path)
@@ -35,7 +55,8 @@ def atomic_path(path: str | Path, mode: int | None = 0o644) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
+        with _naming(path):
+            yield tmp
         if mode is not None:  # mkstemp makes 0600 files
             tmp.chmod(mode)
         tmp.replace(path)
@@ -51,7 +72,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        with _naming(path):
+            yield tmp
         tmp.chmod(0o755)  # mkdtemp makes 0700 folders
         if path.exists():
             shutil.rmtree(path)

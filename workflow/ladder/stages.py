@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -46,6 +46,7 @@ RUNS = "results/experiments"
 RUN = f"{RUNS}/{{exp}}"
 REPORT = "results/report"
 RESUME = "results/resume"  # training state, outside every declared output
+FAILED = "results/failed"  # a diverged run's last good checkpoints, for its user
 CACHE = "results/cache"  # evaluations by content (checkpoint, settings, data), outside outputs
 LOGS = "logs"
 EXP_CONFIGS = f"{CONFIGS}/experiments/{{exp}}"
@@ -76,8 +77,7 @@ class Out:
     path: str
     folder: bool = False  # a folder rather than a file
     manifest: bool = True  # a folder's manifest beside it (for folders other stages read)
-    dvc: str = "outs"  # outs | metrics | plots: how DVC shows it
-    plot: dict = field(default_factory=dict)  # DVC plot properties (x, y, template)
+    dvc: str = "outs"  # outs | metrics: how DVC shows it (plots: PLOTS, below the table)
 
     @property
     def paths(self) -> list[str]:
@@ -173,6 +173,7 @@ STAGES: dict[str, Stage] = {
                 "history": Out(f"{RUN}/history.csv"),
                 "steps": Out(f"{RUN}/steps.csv"),
                 "checkpoints": Out(f"{RUN}/checkpoints", folder=True),
+                "tensorboard": Out(f"{RUN}/tensorboard", folder=True, manifest=False),
             },
             code=(*_code("train.py", "optim.py"), *_RUN),
             foreach=True,
@@ -194,7 +195,7 @@ STAGES: dict[str, Stage] = {
                 "checkpoints": manifest(f"{RUN}/checkpoints"),
             },
             outs={"eval": Out(f"{RUN}/eval", folder=True)},
-            code=(*_code("evaluate.py"), *_RUN),
+            code=(*_code("evaluate.py", "predictions.py"), *_RUN),
             foreach=True,
             threads=4,
             threads_arg="--threads",
@@ -222,21 +223,19 @@ STAGES: dict[str, Stage] = {
                 "markdown": Out(f"{REPORT}/report.md"),
                 "figures": Out(f"{REPORT}/figures", folder=True, manifest=False),
                 "metrics": Out(f"{REPORT}/metrics.json", dvc="metrics"),
-                "ladder": Out(
-                    f"{REPORT}/ladder.csv",
-                    dvc="plots",
-                    plot={"x": "test_acc", "y": "experiment", "template": "bar_horizontal"},
-                ),
-                "checkpoints": Out(
-                    f"{REPORT}/checkpoints.csv", dvc="plots", plot={"x": "epoch", "y": "test_acc"}
-                ),
+                "ladder": Out(f"{REPORT}/ladder.csv"),
+                "checkpoints": Out(f"{REPORT}/checkpoints.csv"),
+                "curves": Out(f"{REPORT}/curves.csv"),  # learning curves, for `dvc plots`
             },
             code=(
                 *_code(
                     "report/__init__.py",
                     "report/tables.py",
+                    "report/significance.py",  # intervals and comparisons ...
+                    "predictions.py",  # ... counted from the evaluations' predictions
                     "report/figures.py",
                     "report/html.py",
+                    "report/dvc_plots.py",  # the tables `dvc plots` draws
                     "report/templates/index.html.j2",  # the page's markup ...
                     "report/templates/report.css",  # ... and its styles
                     "augment.py",
@@ -248,6 +247,75 @@ STAGES: dict[str, Stage] = {
         ),
     ]
 }
+
+
+# ----------------------------------------------------------------------------------------------
+# Views for `dvc plots show/diff`: files the stages write, drawn by the project's Vega-Lite
+# templates in PLOT_TEMPLATES (DVC's own templates colour lines by file and revision, never by a
+# column). Files and columns are the report's (ladder.report.tables, ladder.report.dvc_plots).
+
+PLOT_TEMPLATES = ".dvc/plots"  # where DVC looks for a template named in dvc.yaml
+
+
+@dataclass(frozen=True)
+class Plot:
+    id: str
+    file: str
+    x: str
+    y: str
+    template: str  # a file in PLOT_TEMPLATES, without .json
+    title: str
+    x_label: str
+    y_label: str
+
+
+def _curve(y: str, title: str, y_label: str) -> Plot:
+    """A learning curve: one line per experiment, epoch by epoch (report/dvc_plots.py)."""
+    return Plot(
+        id=y,
+        file=f"{REPORT}/curves.csv",
+        x="epoch",
+        y=y,
+        template="lines_by_experiment",
+        title=title,
+        x_label="epoch",
+        y_label=y_label,
+    )
+
+
+PLOTS = [
+    Plot(
+        id="ladder",
+        file=f"{REPORT}/ladder.csv",
+        x="test_acc",
+        y="experiment",
+        template="ladder_bars",
+        title="Test accuracy at each experiment's val-picked checkpoint (no TTA)",
+        x_label="test accuracy (%)",
+        y_label="experiment",
+    ),
+    Plot(
+        id="checkpoints",
+        file=f"{REPORT}/checkpoints.csv",
+        x="epoch",
+        y="test_acc",
+        template="lines_by_experiment",
+        title="Test accuracy of every checkpoint (no TTA)",
+        x_label="epoch",
+        y_label="test accuracy (%)",
+    ),
+    _curve("val_acc", "Validation accuracy after each epoch", "val accuracy (%)"),
+    _curve("train_acc", "Train accuracy in each epoch (augmented batches)", "train accuracy (%)"),
+    _curve("val_loss", "Validation loss after each epoch", "val loss"),
+    _curve("lr", "Learning rate in each epoch", "learning rate"),
+]
+
+
+def declared_plots() -> list[Plot]:
+    """The views whose file a stage declares as an output (a view of a file no stage writes
+    yet stays out of dvc.yaml until one does)."""
+    outputs = {path for stage in STAGES.values() for path in stage.out_paths}
+    return [plot for plot in PLOTS if plot.file in outputs]
 
 
 def version(stage: str) -> str:
@@ -293,14 +361,13 @@ def dvc_stage(stage: Stage) -> dict:
     body["deps"] = deps
     if stage.params:
         body["params"] = [{PARAMS: None}]
-    for kind in ("outs", "metrics", "plots"):
+    for kind in ("outs", "metrics"):
         entries = []
         for out in stage.outs.values():
             if out.dvc != kind:
                 continue
             for path in out.paths:
-                props = dict(out.plot) if kind == "plots" else {}
-                entries.append({_dvc_path(path): {**props, "persist": True}})
+                entries.append({_dvc_path(path): {"persist": True}})
         if entries:
             body[kind] = entries
     if stage.foreach:
@@ -313,4 +380,28 @@ def dvc_yaml() -> str:
     stages = {name: dvc_stage(stage) for name, stage in STAGES.items()}
     text = yaml.safe_dump({"stages": stages}, sort_keys=False, width=100)
     text = re.sub(r"\n(  \w)", r"\n\n\1", text)  # a blank line between stages
+    plots = [dvc_plot(plot) for plot in declared_plots()]
+    if plots:
+        text += "\n" + _PLOTS_HEADER + yaml.safe_dump({"plots": plots}, sort_keys=False, width=100)
     return _DVC_HEADER + "\n" + text
+
+
+_PLOTS_HEADER = f"""\
+# `dvc plots show` (or `dvc plots diff main`): each view draws one of the report's tables with a
+# template of {PLOT_TEMPLATES}/, one bar or line per experiment (DVC's own templates colour by
+# file and revision only).
+"""
+
+
+def dvc_plot(plot: Plot) -> dict:
+    """A top-level `plots:` entry of dvc.yaml."""
+    return {
+        plot.id: {
+            "template": plot.template,
+            "x": plot.x,
+            "y": {plot.file: plot.y},
+            "title": plot.title,
+            "x_label": plot.x_label,
+            "y_label": plot.y_label,
+        }
+    }

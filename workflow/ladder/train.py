@@ -16,23 +16,27 @@ bitwise deterministic).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io as stdio
 import logging
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ladder import augment, config, devices, io, manifest, models, optim, stages, workspace
 from ladder.inference import autocast, predict
 from ladder.loader import DeviceSplit
+from ladder.progress import Meter
 
 log = logging.getLogger(__name__)
 
@@ -212,24 +216,26 @@ class Learner:
 # Training
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """How a run executes, as opposed to what it computes: changing these reruns nothing."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile_mode: str = "none"  # torch.compile mode on CUDA
+    threads: int | None = None  # CPU threads for torch
+    progress_bar: bool = True  # a tqdm bar when on a terminal
+    progress_seconds: float = 30.0  # a progress log line at most this often during an epoch
+    resume_root: Path = Path(stages.RESUME)  # resume state, one folder per experiment
+    failed_root: Path = Path(stages.FAILED)  # what a diverged run leaves for its user
+
+
 def train(
-    name: str,
-    settings: dict,
-    data: str | Path,
-    stats: str | Path,
-    out: str | Path,
-    resume_root: str | Path = "results/resume",
-    device: str = "auto",
-    compile_mode: str = "none",
-    threads: int | None = None,
-    progress: bool = True,
-) -> Path:
-    """Train experiment `name` into `out`, resuming from results/resume/<name>/ when possible."""
-    with workspace.experiment_lock(resume_root, name):
-        return _train_locked(
-            name, settings, Path(data), Path(stats), Path(out), Path(resume_root),
-            device, compile_mode, threads, progress,
-        )  # fmt: skip
+    name: str, settings: dict, data: str | Path, stats: str | Path, out: str | Path,
+    runtime: Runtime = Runtime(),
+) -> Path:  # fmt: skip
+    """Train experiment `name` into `out`, resuming from <resume_root>/<name>/ when possible."""
+    with workspace.experiment_lock(runtime.resume_root, name):
+        return _train_locked(name, settings, Path(data), Path(stats), Path(out), runtime)
 
 
 def run_identity(name: str, settings: dict, data: Path, stats: Path) -> dict:
@@ -259,19 +265,20 @@ def run_identity(name: str, settings: dict, data: Path, stats: Path) -> dict:
 
 
 def _train_locked(
-    name, settings, data, stats, out, resume_root, device, compile_mode, threads, progress
+    name: str, settings: dict, data: Path, stats: Path, out: Path, runtime: Runtime
 ) -> Path:
     started = time.perf_counter()
     identity = run_identity(name, settings, data, stats)
+    resume_root = Path(runtime.resume_root)
     state_dir = resume_root / name / config.fingerprint(identity)
     for stale in (resume_root / name).glob("*"):
         if stale != state_dir:  # settings, data or code changed: that state must not be resumed
             log.info("removing stale resume state %s", stale)
             shutil.rmtree(stale)
 
-    dev = torch.device(devices.resolve(device))
-    if threads:
-        torch.set_num_threads(threads)
+    dev = torch.device(devices.resolve(runtime.device))
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     train_split = DeviceSplit.load(data, "train", dev)
@@ -283,43 +290,80 @@ def _train_locked(
         train_split.steps(settings["batch_size"], drop_last=True),
         identity["normalization"],
         dev,
-        compile_mode,
+        runtime.compile_mode,
     )
     checkpoint_epochs = config.checkpoint_epochs(settings["epochs"], settings["checkpoint_every"])
     prog = _resume(name, learner, state_dir)
+    meter = Meter(name, settings["epochs"], runtime.progress_seconds, prog.history)
 
-    for epoch in range(prog.epoch + 1, settings["epochs"] + 1):
-        epoch_start = time.perf_counter()
-        row = _train_epoch(name, learner, train_split, settings, epoch, prog, progress)
-        row["val_loss"], row["val_acc"] = learner.validate(val_split)
-        learner.schedule.after_epoch(row["val_acc"])
-        row["seconds"] = round(time.perf_counter() - epoch_start, 3)
-        prog.history.append({c: row[c] for c in HISTORY_COLUMNS})
-        prog.epoch = epoch
-        if epoch in checkpoint_epochs:
-            file = checkpoint_name(epoch)
-            digest = save_checkpoint(learner.eval_model, state_dir / "checkpoints" / file)
-            prog.checkpoints[file] = digest
-        learner.save_state(state_dir / "state.pt", prog)
-        io.write_text(state_dir / "history.csv", _csv(prog.history, HISTORY_COLUMNS))  # to watch
-        log.info(
-            "%s epoch %d/%d lr %.4g train loss %.4f acc %.4f val loss %.4f acc %.4f "
-            "%.1fs %.0f img/s",
-            name, epoch, settings["epochs"], row["lr"], row["train_loss"], row["train_acc"],
-            row["val_loss"], row["val_acc"], row["seconds"], row["images_per_second"],
-        )  # fmt: skip
+    # Live curves, kept with the resume state (tensorboard --logdir results/ shows them while
+    # the run trains) and handed over with the outputs; a resumed run drops what the killed
+    # session logged after its last saved step.
+    with (
+        _session_log(state_dir / "train.log", replay=prog.epoch > 0),
+        SummaryWriter(state_dir / "tensorboard", purge_step=prog.step + 1) as events,
+    ):
+        for epoch in range(prog.epoch + 1, settings["epochs"] + 1):
+            epoch_start = time.perf_counter()
+            try:
+                row = _train_epoch(name, learner, train_split, settings, epoch, prog, runtime,
+                                   meter, events)  # fmt: skip
+            except NonFiniteLossError:
+                _keep_failed(runtime.failed_root / name, state_dir, prog)
+                raise
+            row["val_loss"], row["val_acc"] = learner.validate(val_split)
+            learner.schedule.after_epoch(row["val_acc"])
+            row["seconds"] = round(time.perf_counter() - epoch_start, 3)
+            meter.end_epoch(row["seconds"])
+            prog.history.append({c: row[c] for c in HISTORY_COLUMNS})
+            prog.epoch = epoch
+            if epoch in checkpoint_epochs:
+                file = checkpoint_name(epoch)
+                digest = save_checkpoint(learner.eval_model, state_dir / "checkpoints" / file)
+                prog.checkpoints[file] = digest
+            learner.save_state(state_dir / "state.pt", prog)
+            io.write_text(state_dir / "history.csv", _csv(prog.history, HISTORY_COLUMNS))
+            for key in ("val_loss", "val_acc", "images_per_second"):
+                events.add_scalar(f"epoch/{key}", row[key], prog.step)
+            events.flush()
+            log.info(
+                "%s epoch %d/%d lr %.4g train loss %.4f acc %.2f%% val loss %.4f acc %.2f%% "
+                "%.1fs %.0f img/s",
+                name, epoch, settings["epochs"], row["lr"], row["train_loss"],
+                100 * row["train_acc"], row["val_loss"], 100 * row["val_acc"], row["seconds"],
+                row["images_per_second"],
+            )  # fmt: skip
 
     # How it ran, as far as it shapes the weights; nothing that differs between two identical
     # runs (timings are in history.csv and the log), so evaluation reruns only for new weights.
     run_info = {
         "device": str(dev),
         "precision": "bf16-autocast" if dev.type == "cuda" else "fp32",
-        "compile": compile_mode if dev.type == "cuda" else "none",
+        "compile": runtime.compile_mode if dev.type == "cuda" else "none",
         "torch": torch.__version__,
     }
     log.info("%s: trained in %.1f s this session", name, time.perf_counter() - started)
     _finish(out, state_dir, identity, prog, checkpoint_epochs, run_info)
     return out
+
+
+@contextlib.contextmanager
+def _session_log(path: Path, replay: bool) -> Iterator[None]:
+    """Log this session into the resume state too; a resumed run first repeats the earlier
+    sessions' lines, which its job log no longer has (Snakemake deletes a job's log before it
+    reruns the job)."""
+    if replay and path.exists():
+        log.info("earlier sessions of this run (%s):\n%s", path, path.read_text().rstrip())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("ladder")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -358,7 +402,9 @@ def _train_epoch(
     settings: dict,
     epoch: int,
     prog: Progress,
-    progress: bool,
+    runtime: Runtime,
+    meter: Meter,
+    events: SummaryWriter,
 ) -> dict:
     """One pass over the train split; appends to prog.steps; returns the epoch's history row
     so far. Loss and accuracy sums stay on the device and are read every log_every steps."""
@@ -374,10 +420,11 @@ def _train_epoch(
     win_loss, win_correct, win_n = zero.clone(), zero.clone(), 0
     ep_loss, ep_correct, ep_n = zero.clone(), zero.clone(), 0
     step_t, first_bad = zero.clone(), torch.full((), -1.0, device=dev)
-    disable = None if progress else True  # None: a bar only on a terminal
+    disable = None if runtime.progress_bar else True  # None: a bar only on a terminal
     bar = tqdm(
         total=steps, desc=f"{name} {epoch}/{settings['epochs']}", disable=disable, leave=False
     )
+    meter.start_epoch(epoch, steps, batch)
     start = time.perf_counter()
     for i, (images, labels) in enumerate(split.batches(batch, order, drop_last=True), 1):
         loss, correct = learner.step(images, labels, gen)
@@ -387,25 +434,27 @@ def _train_epoch(
         win_correct += correct
         win_n += len(labels)
         prog.step += 1
+        meter.step(i)
         if prog.step % log_every and i != steps:
             continue
         _check_finite(first_bad, name, epoch, prog.step - i)
         if prog.step % log_every == 0:
-            prog.steps.append(
-                {
-                    "step": prog.step,
-                    "epoch": epoch,
-                    "lr": optim.current_lr(learner.opt),
-                    "loss": win_loss.item() / win_n,
-                    "acc": win_correct.item() / win_n,
-                }
-            )
+            point = {
+                "step": prog.step,
+                "epoch": epoch,
+                "lr": optim.current_lr(learner.opt),
+                "loss": win_loss.item() / win_n,
+                "acc": win_correct.item() / win_n,
+            }
+            prog.steps.append(point)
+            for key in ("loss", "acc", "lr"):
+                events.add_scalar(f"train/{key}", point[key], prog.step)
         ep_loss, ep_correct, ep_n = ep_loss + win_loss, ep_correct + win_correct, ep_n + win_n
         win_loss, win_correct, win_n = zero.clone(), zero.clone(), 0
         rate = ep_n / (time.perf_counter() - start)
         bar.set_postfix(
             loss=f"{ep_loss.item() / ep_n:.3f}",
-            acc=f"{ep_correct.item() / ep_n:.3f}",
+            acc=f"{100 * ep_correct.item() / ep_n:.1f}%",
             img_s=f"{rate:.0f}",
         )
         bar.update(i - bar.n)
@@ -422,10 +471,23 @@ def _check_finite(first_bad: torch.Tensor, name: str, epoch: int, step_offset: i
     bad = int(first_bad.item())
     if bad >= 0:
         raise NonFiniteLossError(
-            f"experiment {name}: the loss became NaN/inf at epoch {epoch}, "
-            f"step {step_offset + bad} "
-            "(lower optimizer.lr, or check the data and normalisation)"
+            f"experiment {name}: the loss became NaN/inf at epoch {epoch}, step {bad} of the "
+            f"epoch (step {step_offset + bad} of the run); lower optimizer.lr in params.yaml, or "
+            "check the data and normalisation"
         )
+
+
+def _keep_failed(folder: Path, state_dir: Path, prog: Progress) -> None:
+    """A diverged run's last good checkpoints and history, where its user looks: the engines
+    delete a failed job's outputs, and the resume folder is no place to look for them."""
+    with io.atomic_dir(folder) as tmp:
+        for file in prog.checkpoints:
+            io.link_or_copy(state_dir / "checkpoints" / file, tmp / "checkpoints" / file)
+        io.write_text(tmp / "history.csv", _csv(prog.history, HISTORY_COLUMNS))
+    log.error(
+        "the last good checkpoints (%d, up to epoch %d) and the history are in %s",
+        len(prog.checkpoints), prog.epoch, folder,
+    )  # fmt: skip
 
 
 def _finish(out, state_dir, identity, prog, checkpoint_epochs, run_info: dict) -> None:
@@ -436,6 +498,9 @@ def _finish(out, state_dir, identity, prog, checkpoint_epochs, run_info: dict) -
             name = checkpoint_name(epoch)
             io.link_or_copy(state_dir / "checkpoints" / name, tmp / name)
             digests[name] = prog.checkpoints[name]
+    with io.atomic_dir(out / "tensorboard") as tmp:
+        for events in (state_dir / "tensorboard").glob("events.*"):
+            io.link_or_copy(events, tmp / events.name)
     io.write_text(out / "history.csv", _csv(prog.history, HISTORY_COLUMNS))
     io.write_text(out / "steps.csv", _csv(prog.steps, STEPS_COLUMNS))
     io.write_json(

@@ -51,7 +51,7 @@ def _holder(path: Path) -> str:
     return f"process {pid.group()}" if pid else "another process"
 
 
-def _is_locked(path: Path) -> bool:
+def is_locked(path: Path) -> bool:
     """Whether some process holds an flock on `path` (checked without keeping one)."""
     if not path.exists():
         return False
@@ -96,7 +96,7 @@ def refuse_if_dvc_running(root: str | Path = ".") -> None:
     """Snakemake, on load: stop if a DVC command is at work in this workspace."""
     root = Path(root)
     lock = root / DVC_LOCK
-    if _is_locked(lock):
+    if is_locked(lock):
         holder = f"{_holder(lock)} holds {lock}"
     elif pids := _dvc_processes(root):
         holder = f"process {pids[0]} is `dvc`"
@@ -127,7 +127,7 @@ def hold_for_snakemake(root: str | Path = ".") -> None:
 def refuse_if_snakemake_running(root: str | Path = ".") -> None:
     """A stage command that DVC started: stop if Snakemake is executing in this workspace."""
     lock = Path(root) / SNAKEMAKE_LOCK
-    if _is_locked(lock):
+    if is_locked(lock):
         raise WorkspaceBusy(
             f"Snakemake is running in this workspace ({_holder(lock)} holds {lock}): let it "
             "finish, then run `dvc repro` again; nothing was changed"

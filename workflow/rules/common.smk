@@ -34,6 +34,7 @@ validate(config, schema="../schemas/params.schema.yaml", set_default=False)
 if workflow.is_main_process:
     with ladder_config.expected_errors_exit():
         workspace.refuse_if_dvc_running()
+        ladder_config.check_runnable(PARAMS, stages.PREPARED, stages.CONFIGS)
         ladder_config.write_settings(PARAMS, stages.CONFIGS)
         engines.adopt_dvc_results(PARAMS.selected)
 
@@ -82,7 +83,12 @@ def stage_log(name):
 
 
 def stage_threads(name):
-    return stages.STAGES[name].threads
+    """At most the stage's threads. Training and evaluation jobs take half the cores each, so
+    that two run side by side (a process's start-up and data loading leave a core idle, and
+    small models use one core poorly) rather than one after the other."""
+    # workflow._cores: None when no --cores was given (--unlock, --summary); `cores` would raise.
+    stage, cores = stages.STAGES[name], workflow._cores or 1
+    return min(stage.threads, max(1, cores // 2) if stage.gpu else cores)
 
 
 def stage_gpus(name):

@@ -54,9 +54,15 @@ def _tar_members(archive: Path, tf: tarfile.TarFile) -> None:
             raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a {kind}")
 
 
-def extract(archive: str | Path, target: str | Path) -> None:
-    """Extract `archive` into `target` after checking every member; raise naming the archive."""
+def extract(archive: str | Path, target: str | Path, source: str | None = None) -> None:
+    """Extract `archive` into `target` after checking every member; errors name `source` (what
+    the user gave: a URL, or a dataset key and path), else the archive."""
     archive, target = Path(archive), Path(target)
+    if source is not None:
+        try:
+            return extract(archive, target)
+        except (UnsafeArchiveError, ArchiveError) as e:
+            raise type(e)(str(e).replace(str(archive), source, 1)) from None
     target.mkdir(parents=True, exist_ok=True)
     try:
         if zipfile.is_zipfile(archive):

@@ -1,0 +1,88 @@
+"""Snakemake's own CPU time (the scheduler process, not its jobs): the full ladder's dry run and
+the demo's real run, for this checkout and, with --before, for an older one.
+
+The CPU time is read from /proc/<pid>/stat (user + system of the Snakemake process alone),
+sampled every 20 ms until it exits; the last sample misses at most that much. Each tree runs in
+a scratch copy of itself, with its own package first on PYTHONPATH.
+
+    python benchmarks/scheduler.py                              # this checkout
+    git worktree add /tmp/before <commit>
+    python benchmarks/scheduler.py --before /tmp/before         # and that commit, in the same run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TREE = ("Snakefile", "workflow", "profiles", "params.yaml", "config")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
+    """(CPU seconds of the process itself, wall seconds) of `cmd`."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    cpu = 0.0
+    while proc.poll() is None:
+        try:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (not children's)
+        except (FileNotFoundError, IndexError):
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{err[-3000:]}")
+    return cpu, time.perf_counter() - started
+
+
+def measure(tree: Path, scratch: Path) -> dict[str, tuple[float, float]]:
+    work = scratch / tree.name
+    work.mkdir(parents=True)
+    for name in TREE:
+        src = tree / name
+        if src.is_dir():
+            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, work / name)
+    env = {**os.environ, "PYTHONPATH": str(tree / "workflow"), "LADDER_DEVICE": "cpu"}
+    bin_dir = Path(sys.executable).parent
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    snakemake = str(bin_dir / "snakemake")
+    rows = {"full ladder, dry run": own_cpu([snakemake, "-n", "--cores", "1", "report"], work, env)}
+    shutil.rmtree(work / ".snakemake", ignore_errors=True)
+    demo = [snakemake, "--cores", "2", "--configfile", "config/demo.yaml",
+            "--replace-workflow-config", "report"]  # fmt: skip
+    rows["demo, real run"] = own_cpu(demo, work, env)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--before", type=Path, help="an older checkout (git worktree) to compare")
+    args = p.parse_args(argv)
+    trees = {"this checkout": REPO}
+    if args.before:
+        trees = {f"before ({args.before})": args.before.resolve(), **trees}
+    with tempfile.TemporaryDirectory() as scratch:
+        results = {name: measure(tree, Path(scratch) / str(i)) for i, (name, tree)
+                   in enumerate(trees.items())}  # fmt: skip
+    print(f"{'':28s} {'Snakemake CPU-s':>16s} {'wall s':>8s}")
+    for name, rows in results.items():
+        print(name)
+        for what, (cpu, wall) in rows.items():
+            print(f"  {what:26s} {cpu:16.2f} {wall:8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
