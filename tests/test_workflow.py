@@ -74,6 +74,15 @@ def test_the_demo_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch):
     # The story the demo tells (config/demo.yaml): flips hurt, shifts help.
     assert float(ladder["cnn_flip"]["delta_test_vs_parent"]) < 0
     assert float(ladder["cnn_shift"]["delta_test_vs_parent"]) > 0
+    # cnn ran with two seeds: one row, their mean and spread; every Δ carries its test.
+    assert "cnn_s1" not in ladder
+    assert ladder["cnn"]["replicates"] == "2"
+    assert ladder["cnn"]["replicate_names"] == "cnn_s1"
+    assert float(ladder["cnn"]["test_acc_sd"]) >= 0
+    for name in ("cnn_flip", "cnn_shift", "resnet_small"):
+        assert 0 <= float(ladder[name]["p_vs_parent"]) <= 1
+        assert ladder[name]["within_noise"] in ("True", "False")
+    assert "within noise" in project.path("results/report/index.html").read_text()
 
     # Progress while an epoch runs, in the job's log (no terminal under Snakemake).
     log = project.path("logs/train/resnet_small.log").read_text()
