@@ -9,12 +9,15 @@ the page cache shares between processes and can drop). Prints one row per varian
 
     python benchmarks/memory.py                 # ~2 min on 2 cores, 1.2 GB in a temp folder
     python benchmarks/memory.py --train 8000    # smaller, for a quick look
+    git worktree add /tmp/before-mmap 4dfa2b5   # the loader before it memory-mapped the arrays
+    python benchmarks/memory.py --before /tmp/before-mmap   # its `ladder train` too, same run
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
 
 GATHER = """
 import sys, time, numpy as np, torch
@@ -41,10 +46,12 @@ for start in range(0, len(x), 256):
 """
 
 
-def peaks(cmd: list[str]) -> dict:
+def peaks(cmd: list[str], env: dict | None = None) -> dict:
     """Run `cmd`; its peak RssAnon and VmHWM (MB) and wall seconds."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     anon = hwm = 0
     while proc.poll() is None:
         try:
@@ -60,6 +67,12 @@ def peaks(cmd: list[str]) -> dict:
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{err[-3000:]}")
     return {"anon_mb": anon / 1024, "hwm_mb": hwm / 1024, "seconds": time.perf_counter() - started}
+
+
+def _failed_dir(tree: Path, out: Path) -> list[str]:
+    """`--failed-dir` where the tree's trainer has it (older ones keep no diverged runs)."""
+    cli = (tree / "workflow" / "ladder" / "cli.py").read_text()
+    return ["--failed-dir", str(out / "failed")] if '"--failed-dir"' in cli else []
 
 
 def prepared(root: Path, train: int, val: int, size: int) -> Path:
@@ -92,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", type=int, default=20_000)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--json", type=Path, help="also write the numbers here")
+    p.add_argument("--before", type=Path, help="another checkout: its `ladder train` row too")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -113,13 +127,24 @@ def main(argv: list[str] | None = None) -> int:
 
         exp = config.Params.from_dict({"experiments": {"x": settings}}).experiments["x"]
         io.write_json(root / "train.json", exp.train)
-        rows["ladder train, 1 epoch of a tiny model (mapped)"] = peaks(
-            [sys.executable, "-m", "ladder", "train", "--experiment", "x",
-             "--settings", str(root / "train.json"), "--data", str(data),
-             "--stats", str(root / "stats.json"), "--out", str(root / "run"),
-             "--resume-dir", str(root / "resume"), "--failed-dir", str(root / "failed"),
-             "--device", "cpu", "--no-progress"]
-        )  # fmt: skip
+        train = [sys.executable, "-m", "ladder", "train", "--experiment", "x",
+                 "--settings", str(root / "train.json"), "--data", str(data),
+                 "--stats", str(root / "stats.json"),
+                 "--device", "cpu", "--no-progress"]  # fmt: skip
+        trees = {"this checkout": REPO} | ({"before": args.before} if args.before else {})
+        for name, tree in trees.items():
+            out = root / name.replace(" ", "_")
+            rows[f"ladder train, 1 epoch of a tiny model ({name})"] = peaks(
+                [
+                    *train,
+                    "--out",
+                    str(out / "run"),
+                    "--resume-dir",
+                    str(out / "resume"),
+                    *_failed_dir(tree, out),
+                ],
+                env={**os.environ, "PYTHONPATH": str(tree / "workflow")},
+            )
     print(f"{'':52s} {'peak anon MB':>12s} {'peak RSS MB':>12s} {'seconds':>8s}")
     for name, r in rows.items():
         print(f"{name:52s} {r['anon_mb']:12.0f} {r['hwm_mb']:12.0f} {r['seconds']:8.1f}")

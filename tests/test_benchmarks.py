@@ -6,7 +6,6 @@ workers); only the image sizes shrink."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -17,7 +16,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, load_benchmark
 
 SCRIPT = REPO / "benchmarks" / "train_throughput.py"
 # What the subprocess run below takes on a 2-core machine (65-70 s measured, with other work
@@ -26,16 +25,9 @@ SCRIPT = REPO / "benchmarks" / "train_throughput.py"
 EXPECTED_SECONDS = 70
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return load("train_throughput")
+    return load_benchmark("train_throughput")
 
 
 def run_script(args: list[str], cwd) -> subprocess.CompletedProcess:
@@ -209,3 +201,34 @@ def test_compiled_rows_come_last_largest_batch_first(bench, tmp_path, monkeypatc
     assert [r["path"] for r in rows] == ["ours compiled (default)"] * 4
     assert [r["images_per_second"] for r in rows] == [2560, 2560, 320, 320]
     assert all(r["first_step_seconds"] == 30 and r["tflops"] > 0 for r in rows)
+
+
+def test_memory_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
+    # --before names this checkout here: the path that runs another tree's trainer runs too.
+    out = tmp_path / "memory.json"
+    args = [
+        "--train",
+        "1024",
+        "--val",
+        "64",
+        "--size",
+        "8",
+        "--json",
+        str(out),
+        "--before",
+        str(REPO),
+    ]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "memory.py"), *args],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert list(rows) == [
+        "load + 1 epoch of gathers, whole",
+        "load + 1 epoch of gathers, mapped",
+        "ladder train, 1 epoch of a tiny model (this checkout)",
+        "ladder train, 1 epoch of a tiny model (before)",
+    ]
+    assert all(r["anon_mb"] > 0 and r["hwm_mb"] >= r["anon_mb"] for r in rows.values()), rows
+    assert "peak anon MB" in result.stdout

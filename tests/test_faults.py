@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Deadline, Project, finish
+import yaml
+from conftest import REPO, Deadline, Project, finish
 from ladder import manifest, stages
 
 pytestmark = pytest.mark.slow
@@ -144,6 +146,22 @@ def test_the_trainer_killed_then_started_over(project):
     assert up_to_date(project)
 
 
+def test_a_killed_run_whose_resume_state_was_then_damaged_starts_over(project):
+    edit(project, lambda p: p["experiments"]["root"].update(seed=3))
+    run = start(project)
+    wait_for(run, lambda: first_epoch_done(project, "root"), "root's first epoch")
+    os.killpg(run.pid, signal.SIGKILL)
+    finish(run, "a killed run", expected=5)
+    (state,) = project.path("results/resume/root").glob("*/state.pt")
+    state.write_bytes(state.read_bytes()[:64])  # truncated, as a full disk or a copy leaves it
+    project.run("snakemake", "--unlock")
+    project.snakemake("report", expected=40)
+    log = project.path("logs/train/root.log").read_text()
+    assert f"discarding resume state {state.parent.relative_to(project.root)}" in log
+    assert "Traceback" not in log
+    assert up_to_date(project)
+
+
 def test_ctrl_c_during_evaluation(project):
     edit(project, lambda p: p["experiments"]["child"]["tta"].update(passes=3))
     run = start(project)
@@ -174,6 +192,94 @@ def test_the_report_killed_while_it_writes(project):
     assert "another line" in (report / "index.html").read_text()
     assert not list(project.path("results").glob(".report.*.tmp"))
     assert up_to_date(project)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad configurations, in both engines
+
+
+def _set(path: str, value) -> Callable[[str], str]:
+    """A params.yaml edit: `path` (dotted) set to `value`."""
+
+    def change(text: str) -> str:
+        params = yaml.safe_load(text)
+        *parents, key = path.split(".")
+        node = params
+        for name in parents:
+            node = node[name]
+        node[key] = value
+        return yaml.safe_dump(params, sort_keys=False)
+
+    return change
+
+
+def _both(change: Callable[[str], str], says: str) -> tuple:
+    return change, says, says
+
+
+# name -> (the edit of params.yaml's text, what Snakemake says, what `dvc repro` says)
+BAD_CONFIGS = {
+    "yaml syntax": (
+        lambda text: text + "  broken: [unclosed\n",
+        r"params\.yaml: line \d+, column \d+: not valid YAML",
+        r"unable to read: 'params\.yaml', YAML file structure is corrupted(.|\n)*line \d+, column",
+    ),
+    "no experiments": _both(
+        _set("experiments", {}),
+        r"params\.yaml: experiments: none defined; add at least one",
+    ),
+    "batch larger than the train split": _both(
+        _set("experiments.root.batch_size", 5000),
+        r"params\.yaml: experiments\.root\.batch_size: 5000 is more than the train split's "
+        r"\d+ images \(results/data/prepared/train_y\.npy\); lower it",
+    ),
+    "misspelt key": _both(
+        _set("experiments.root.optimiser", {"lr": 0.1}),
+        r"params\.yaml: experiments\.root\.optimiser: unknown key \(did you mean 'optimizer'\?\)",
+    ),
+    "value out of range": _both(
+        _set("experiments.child.augment.translate.p", 1.5),
+        r"params\.yaml: experiments\.child\.augment\.translate\.p: 1\.5",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def versioned(built, tmp_path_factory) -> Project:
+    """`built` under git and DVC, handed to DVC with the README's command."""
+    project = Project.copy(built, tmp_path_factory.mktemp("faults-dvc") / "p")
+    project.run("git", "init", "-q")
+    project.run("dvc", "init", "-q")
+    shutil.copy2(REPO / ".dvc" / "config", project.path(".dvc/config"))
+    project.run("ladder", "dvc-commit")
+    return project
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_a_bad_config_is_named_in_both_engines_and_loses_nothing(versioned, tmp_path, case):
+    project = Project.copy(versioned, tmp_path / "p")
+    params = project.path("params.yaml")
+    good = params.read_text()
+    before = _digests(project)
+    change, snakemake_says, dvc_says = BAD_CONFIGS[case]
+    params.write_text(change(good))
+    for engine, says in (("snakemake", snakemake_says), ("dvc", dvc_says)):
+        cmd = ["snakemake", "--cores", "2", "report"] if engine == "snakemake" else ["dvc", "repro"]
+        refused = project.run(*cmd, check=False, expected=20)
+        said = refused.stdout + refused.stderr
+        assert refused.returncode != 0, (engine, said[-3000:])
+        assert re.search(says, said), (engine, said[-3000:])
+        assert "Traceback" not in said, (engine, said[-3000:])
+    assert _digests(project) == before  # no result removed, none rewritten
+    params.write_text(good)
+    assert up_to_date(project)
+    assert "up to date" in project.run("dvc", "status").stdout
+
+
+def _digests(project: Project) -> dict[str, str]:
+    """Every file under results/ (settings files included) -> its content's digest."""
+    files = sorted(p for p in project.path("results").rglob("*") if p.is_file())
+    return {str(p.relative_to(project.root)): manifest.file_digest(p) for p in files}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -291,3 +291,12 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     assert proc.returncode == 1
     assert f"{bad}: not valid JSON" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_batch_larger_than_the_train_split_is_refused_before_any_output(digits, tmp_path):
+    # What `configure` cannot check before `prepare` has run; train checks it first thing.
+    out = tmp_path / "runs" / "x"
+    with pytest.raises(ValueError, match=r"batch_size 5000: the train split \(.*\) has only 1149"):
+        run(digits, tmp_path, settings(batch_size=5000))
+    assert not out.exists()
+    assert not (tmp_path / "resume").exists() or not any((tmp_path / "resume").rglob("*.pt"))
