@@ -216,7 +216,7 @@ def test_headline_says_the_best_is_within_noise_of_the_runner_up(report):
     expected = significance.compare_to_parent([c], [p])  # b against the runner-up c
     assert expected.within_noise
     assert (
-        "Against the runner-up by val, rung 3, c (56.00 %): a difference of -1.00 pp, 95% "
+        "Against the runner-up by val, rung 3, c (test 56.00 %): a difference of -1.00 pp, 95% "
         "interval [-7.00, +6.00], p = 1.000 (McNemar&#39;s exact test), <strong>within "
         "noise</strong>: this test set cannot tell b from the runner-up."
     ) in page
@@ -229,7 +229,7 @@ def test_headline_says_the_best_is_within_noise_of_the_runner_up(report):
 def test_headline_says_when_the_best_is_distinguishable(tmp_path):
     c = {**RESULTS["c"], "test": [0.4, 0.5, 0.3]}  # c, still the runner-up by val: 30 % on test
     page = (build(tmp_path, results={"c": c}) / "index.html").read_text(encoding="utf-8")
-    assert "Against the runner-up by val, rung 3, c (30.00 %): a difference of +25.00 pp" in page
+    assert "Against the runner-up by val, rung 3, c (test 30.00 %): a difference of +25.00 pp" in page
     assert "<strong>beyond noise</strong>: b is distinguishably better on this test set." in page
 
 
@@ -238,7 +238,7 @@ def test_the_runner_up_is_chosen_on_val_not_on_test(tmp_path):
     is still c, the second by val."""
     a = {**RESULTS["a"], "test": [0.1, 0.8, 0.6]}
     page = (build(tmp_path, results={"a": a}) / "index.html").read_text(encoding="utf-8")
-    assert "Against the runner-up by val, rung 3, c (56.00 %)" in page
+    assert "Against the runner-up by val, rung 3, c (test 56.00 %)" in page
     assert "Rung 1, a, has a higher test accuracy (80.00 %)" in page
 
 

@@ -548,7 +548,10 @@ def _versus_runner_up_text(top: Headline) -> list[tuple[str, bool]]:
             (f": {top.experiment} is distinguishably {better} on this test set.", False),
         ]
     return [
-        (f" Against the runner-up by val, rung {rung}, {name} ({test:.2f} %): {numbers}, ", False),
+        (
+            f" Against the runner-up by val, rung {rung}, {name} (test {test:.2f} %): {numbers}, ",
+            False,
+        ),
         *verdict,
     ]
 
