@@ -229,7 +229,8 @@ def test_headline_says_the_best_is_within_noise_of_the_runner_up(report):
 def test_headline_says_when_the_best_is_distinguishable(tmp_path):
     c = {**RESULTS["c"], "test": [0.4, 0.5, 0.3]}  # c, still the runner-up by val: 30 % on test
     page = (build(tmp_path, results={"c": c}) / "index.html").read_text(encoding="utf-8")
-    assert "Against the runner-up by val, rung 3, c (test 30.00 %): a difference of +25.00 pp" in page
+    runner_up = "Against the runner-up by val, rung 3, c (test 30.00 %)"
+    assert f"{runner_up}: a difference of +25.00 pp" in page
     assert "<strong>beyond noise</strong>: b is distinguishably better on this test set." in page
 
 

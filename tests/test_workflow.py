@@ -96,8 +96,12 @@ def test_the_demo_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch):
         assert len(events.Scalars("epoch/val_acc")) == exp.train["epochs"], name
 
     assert "Nothing to be done" in project.snakemake("-n", "report").stdout
-    project.snakemake("--report", "report.html")
+    # --report and --summary plan no jobs: they need no --cores (no rule's threads read it).
+    project.run("snakemake", "--report", "report.html")
     assert project.path("report.html").stat().st_size > 10_000
+    summary = project.run("snakemake", "--summary").stdout
+    assert "results/report/index.html" in summary
+    assert "no update" in summary
     if not screenshot.missing():  # the README's picture, from this report
         png = tmp_path / "report.png"
         screenshot.screenshot(project.path("results/report/index.html"), png)
