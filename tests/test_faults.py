@@ -108,12 +108,22 @@ def looks_finished(project: Project, exp: str) -> list[str]:
 # Kills
 
 
-def test_the_whole_engine_killed_mid_epoch(project):
-    edit(project, lambda p: p["experiments"]["root"].update(seed=1))
+def retrain_root_until_its_first_epoch(project: Project, seed: int) -> subprocess.Popen:
+    """`snakemake report` after an edit that retrains root, once root's first epoch is saved."""
+    edit(project, lambda p: p["experiments"]["root"].update(seed=seed))
     run = start(project)
     wait_for(run, lambda: first_epoch_done(project, "root"), "root's first epoch")
+    return run
+
+
+def kill_engine(run: subprocess.Popen) -> None:
+    """SIGKILL to Snakemake and its jobs, as `kill -9` of the terminal's process group."""
     os.killpg(run.pid, signal.SIGKILL)
     finish(run, "a killed run", expected=5)
+
+
+def test_the_whole_engine_killed_mid_epoch(project):
+    kill_engine(retrain_root_until_its_first_epoch(project, seed=1))
     assert looks_finished(project, "root") == []  # nothing half-done looks finished
     # Snakemake's lock outlives it: the README's recovery, as written
     locked = project.snakemake("report", check=False)
@@ -132,9 +142,7 @@ def test_the_whole_engine_killed_mid_epoch(project):
 
 
 def test_the_trainer_killed_then_started_over(project):
-    edit(project, lambda p: p["experiments"]["root"].update(seed=2))
-    run = start(project)
-    wait_for(run, lambda: first_epoch_done(project, "root"), "root's first epoch")
+    run = retrain_root_until_its_first_epoch(project, seed=2)
     pid = json.loads(project.path("results/resume/root.lock").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)  # the job dies; Snakemake reports it and stops
     assert finish(run, "Snakemake after its job died", expected=20) != 0
@@ -147,11 +155,7 @@ def test_the_trainer_killed_then_started_over(project):
 
 
 def test_a_killed_run_whose_resume_state_was_then_damaged_starts_over(project):
-    edit(project, lambda p: p["experiments"]["root"].update(seed=3))
-    run = start(project)
-    wait_for(run, lambda: first_epoch_done(project, "root"), "root's first epoch")
-    os.killpg(run.pid, signal.SIGKILL)
-    finish(run, "a killed run", expected=5)
+    kill_engine(retrain_root_until_its_first_epoch(project, seed=3))
     (state,) = project.path("results/resume/root").glob("*/state.pt")
     state.write_bytes(state.read_bytes()[:64])  # truncated, as a full disk or a copy leaves it
     project.run("snakemake", "--unlock")
@@ -182,8 +186,7 @@ def test_the_report_killed_while_it_writes(project):
     log = project.path("logs/report.log")
     wait_for(run, lambda: log.exists() and "==== ladder" in log.read_text(), "the report")
     time.sleep(1)  # into its figures
-    os.killpg(run.pid, signal.SIGKILL)
-    finish(run, "a killed run", expected=5)
+    kill_engine(run)
     report = project.path("results/report")
     outputs = {Path(p).name for p in stages.STAGES["report"].out_paths}
     assert not report.exists() or {p.name for p in report.iterdir()} == outputs
