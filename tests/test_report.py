@@ -111,9 +111,9 @@ def test_changes_of_optimizer_schedule_and_tta_use_short_names():
         epochs=60,
     )
     assert changes(EFFNET, child) == (
-        "lr 0.01→0.1; weight_decay 0.0001→1e-05; schedule cosine→multistep; -t_max; "
+        "lr 0.01→0.1; weight_decay 0.0001→1e-05; schedule cosine→multistep; "
         "+milestones=[30, 45]; epochs 30→60; tta.passes 5→10"
-    )  # eta_min (0) left and gamma (0.1) added with their defaults: no change
+    )  # eta_min (0) left, gamma (0.1) added, t_max (the epochs) left, all defaults: no change
 
 
 def test_changes_skips_a_key_that_comes_or_goes_with_its_default_value():
@@ -123,10 +123,20 @@ def test_changes_skips_a_key_that_comes_or_goes_with_its_default_value():
     cosine = edit(
         EFFNET, schedule={"name": "cosine", "t_max": 30, "eta_min": 0.0, "warmup_epochs": 0}
     )
-    assert changes(constant, cosine) == "schedule constant→cosine; +t_max=30"
-    assert changes(cosine, constant) == "schedule cosine→constant; -t_max"
+    assert changes(constant, cosine) == "schedule constant→cosine"  # t_max: the epochs
+    assert changes(cosine, constant) == "schedule cosine→constant"
     assert changes(constant, edit(cosine, schedule={**cosine["schedule"], "eta_min": 1e-05})) == (
-        "schedule constant→cosine; +t_max=30; +eta_min=1e-05"
+        "schedule constant→cosine; +eta_min=1e-05"
+    )
+    # t_max follows epochs by default: listed only where it is set to something else
+    assert changes(
+        cosine, edit(cosine, epochs=10, schedule={**cosine["schedule"], "t_max": 10})
+    ) == ("epochs 30→10")
+    assert changes(constant, edit(cosine, schedule={**cosine["schedule"], "t_max": 20})) == (
+        "schedule constant→cosine; +t_max=20"
+    )
+    assert changes(cosine, edit(cosine, schedule={**cosine["schedule"], "t_max": 20})) == (
+        "t_max 30→20"
     )
 
     mynet = edit(EFFNET, model={"name": "mynet", "blocks": 2, "width": 32, "dropout": 0.6})

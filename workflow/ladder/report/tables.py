@@ -700,8 +700,9 @@ def changes(parent: dict | None, child: dict) -> str:
     (`model resnet18→efficientnet_v2_s`), changed leaves as `key old→new`, added or removed
     ones as `+key=value` / `-key`, unless the value is the schema's default: a key that only
     comes with a new model or schedule (`model.shakedrop.p_drop` of 0, `eta_min` of 0) changes
-    nothing. Augmentations by op: `+blur(p=0.3, kernel=3, ...)` when
-    switched on, `-blur` when off, else `translate.p 0.6→0.8`. Optimizer and schedule keys drop
+    nothing, nor does a `t_max` equal to the run's epochs (its default). Augmentations by op:
+    `+blur(p=0.3, kernel=3, ...)` when switched on, `-blur` when off, else
+    `translate.p 0.6→0.8`. Optimizer and schedule keys drop
     their section (`lr`, `t_max`). None as parent: the root, "—".
     """
     if parent is None:
@@ -722,11 +723,17 @@ def changes(parent: dict | None, child: dict) -> str:
         a, b = old.get(key, _MISSING), new.get(key, _MISSING)
         if a == b or (_MISSING in (a, b) and _is_default(key, b if a is _MISSING else a)):
             continue
+        if key == "schedule.t_max" and _follows_epochs(a, parent) and _follows_epochs(b, child):
+            continue  # t_max at its default, the run's epochs: their change is listed already
         if rest == "name" and _MISSING not in (a, b):
             items.append(f"{section} {_fmt(a)}→{_fmt(b)}")
         else:
             items.append(_leaf(labels[key], a, b))
     return "; ".join(items) or "no change"
+
+
+def _follows_epochs(t_max, settings: dict) -> bool:
+    return t_max is _MISSING or t_max == settings.get("epochs")
 
 
 def _leaf(label: str, a, b) -> str:
