@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ladder import workspace
+
 log = logging.getLogger(__name__)
 
 # Shared by every job on the machine, whichever workflow it belongs to.
@@ -106,7 +108,7 @@ def _try_lease(gpus: list[str], jobs_per_gpu: int, lease_dir: Path):
     free: dict[str, list[Path]] = {}
     for gpu in gpus:
         slots = [lease_dir / f"gpu-{_safe(gpu)}.slot-{j}.lock" for j in range(jobs_per_gpu)]
-        free[gpu] = [s for s in slots if not _locked(s)]
+        free[gpu] = [s for s in slots if not workspace.is_locked(s)]
     for gpu in sorted(gpus, key=lambda g: -len(free[g])):
         for slot in free[gpu]:
             handle = slot.open("a")
@@ -117,18 +119,6 @@ def _try_lease(gpus: list[str], jobs_per_gpu: int, lease_dir: Path):
                 continue
             return gpu, handle
     return None
-
-
-def _locked(slot: Path) -> bool:
-    if not slot.exists():
-        return False
-    with slot.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
 
 
 def _safe(name: str) -> str:

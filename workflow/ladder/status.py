@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ladder import config, io, manifest, stages, workspace
 from ladder.columns import aligned
+from ladder.progress import duration
 
 SESSION = "==== ladder"  # the line each `ladder` stage command starts its log session with
 _ERROR = re.compile(r"^\S+ \S+ ERROR \S+: (.*)$")  # cli.setup_logging's format
@@ -224,15 +225,6 @@ def last_session(log: Path) -> Session | None:
     if any(_DONE.match(line) for line in session):
         return Session("done")
     return Session("open")
-
-
-def duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 # ----------------------------------------------------------------------------------------------
