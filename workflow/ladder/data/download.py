@@ -43,9 +43,10 @@ def download(settings: dict, out: str | Path, retries: int = 3) -> None:
 
 
 def download_tinyimagenet(settings: dict, folder: Path, retries: int) -> None:
+    limits = archive.limits_from_env()  # a bad LADDER_ARCHIVE_* fails before a 237 MB download
     path = fetch(settings["url"], settings["md5"], folder, retries=retries)
     log.info("extracting %s", path.name)
-    archive.extract(path, folder, source=settings["url"])
+    archive.extract(path, folder, source=settings["url"], limits=limits)
 
 
 def download_folder(settings: dict, folder: Path, retries: int) -> None:
