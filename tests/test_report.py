@@ -212,7 +212,7 @@ def test_ladder_csv_picks_by_val_and_reports_percent(report):
     assert ladder["changes"].tolist() == [
         "—",
         "model.dropout 0.6→0.7; -blur; tta.passes 0→2",
-        "+translate(p=0.5, max=0.125); log_every 2→100",
+        "'+translate(p=0.5, max=0.125); log_every 2→100",  # quoted: no spreadsheet formula
     ]
     assert ladder["description"][0] == "root <rung> & co"
 

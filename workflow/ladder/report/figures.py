@@ -38,6 +38,8 @@ THEME = {
     "figure.dpi": DPI,
     "savefig.dpi": DPI,
     "legend.frameon": False,
+    # Class and experiment names are text, never mathtext: `$x^2$` or `a_b$` drawn as written.
+    "text.parse_math": False,
 }
 
 
@@ -59,14 +61,23 @@ def write_figures(
     captions = {}
     with plt.rc_context(THEME):
         for name, make in draw.items():
-            fig, captions[name] = make()
-            fig.savefig(out / f"{name}.png", bbox_inches="tight", metadata={"Software": None})
-            plt.close(fig)
+            try:
+                fig, captions[name] = make()
+                _save(fig, out / f"{name}.png")
+            except (ValueError, RuntimeError) as e:  # the CLI shows these without a traceback
+                raise ValueError(f"{out.name}/{name}.png: {e}") from e
     return captions
 
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    try:
+        fig.savefig(path, bbox_inches="tight", metadata={"Software": None})
+    finally:
+        plt.close(fig)
 
 
 def _palette(names: list[str]) -> dict[str, tuple]:
@@ -277,6 +288,7 @@ def worst_classes(
     y = np.arange(len(worst))
     ax.barh(y, worst["test_acc"], color=TEST_COLOR, height=0.7)
     ax.set_yticks(y, labels)
+    _check_labels(fig, ax.get_yticklabels(), worst["index"], classes)
     ax.set(xlabel="test accuracy (%), no TTA", xlim=(0, 100), ylim=(max(len(worst), 1) - 0.5, -0.5))
     ax.grid(axis="y", visible=False)
     values = blended_transform_factory(ax.transAxes, ax.transData)  # x: axes, y: bar rows
@@ -292,6 +304,21 @@ def worst_classes(
         "axes; n: test images of the class."
     )
     return fig, caption
+
+
+def _check_labels(
+    fig: plt.Figure, labels: list, indices: pd.Series, classes: dict[int, str]
+) -> None:
+    """Lay out each class's label now, so that a name the fonts cannot draw (a lone surrogate
+    from an undecodable folder name) fails naming its class, not somewhere inside savefig."""
+    renderer = fig.canvas.get_renderer()
+    for label, index in zip(labels, indices, strict=True):
+        try:
+            label.get_window_extent(renderer)
+        except (ValueError, RuntimeError, TypeError) as e:  # TypeError: ft2font's, for the text
+            plt.close(fig)
+            name = classes.get(index, index)
+            raise ValueError(f"cannot draw class {index} ({name!r}): {e}") from e
 
 
 def augmentations(runs: Runs, images: np.ndarray) -> tuple[plt.Figure, str]:

@@ -4,15 +4,16 @@ script) and report.md (the same tables in Markdown, figures linked from figures/
 The page's markup and CSS live in templates/ (Jinja2, autoescaped: every value is escaped unless
 it is markup the template writes itself); this module prepares what they show: the headline,
 the tables as rows of cells, the figures. Both pages render the same column lists (LADDER,
-CHECKPOINTS), so the two can never disagree. report.md is short and made of tables whose only
-escaping is Markdown's `|`, so it stays in Python (`markdown`): one template environment, and it
-escapes everything it renders.
+CHECKPOINTS), so the two can never disagree. report.md is short and made of tables, so it stays
+in Python (`markdown`): one template environment. Text from users and datasets reaches it
+through one escape, `markdown_text`, as it reaches the page through Jinja2's.
 """
 
 from __future__ import annotations
 
 import base64
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from ladder.report.tables import (
     LADDER_COLUMNS,
     Runs,
     best_experiment,
+    map_text,
     picked_on_val,
     seed_best,
     versus_runner_up,
@@ -742,8 +744,18 @@ def page(
 # Markdown
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+# Backslash-escaped in text from users and datasets: what could open a link or image ([ ]),
+# emphasis (* ~, and _ unless between letters or digits, where it never does: names stay
+# readable), code (`), math on GitHub ($), end a table cell (|), or escape the next (\\).
+_MD_SYNTAX = re.compile(r"[\\`*\[\]|$~]|(?<![^\W_])_|_(?![^\W_])")
+_MD_HTML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})  # no raw HTML, no autolink
+
+
+def markdown_text(text: str) -> str:
+    """`text` as Markdown that renders it literally (GitHub, CommonMark) on one line: a
+    description, class or experiment name can neither add markup nor break the table."""
+    one_line = " ".join(text.splitlines())
+    return _MD_SYNTAX.sub(r"\\\g<0>", one_line).translate(_MD_HTML)
 
 
 def _md_header(column: Column) -> str:
@@ -752,30 +764,33 @@ def _md_header(column: Column) -> str:
 
 
 def _md_table(columns: list[Column], rows: pd.DataFrame) -> str:
+    rows = map_text(rows, markdown_text)  # before the columns format them: their [ ] stay
     columns = _shown(columns, rows)
     lines = [
-        "| " + " | ".join(_md_cell(_md_header(c)) for c in columns) + " |",
+        "| " + " | ".join(_md_header(c) for c in columns) + " |",
         "|" + "|".join("---:" if c.numeric else "---" for c in columns) + "|",
     ]
-    lines += [
-        "| " + " | ".join(_md_cell(c.text(row)) for c in columns) + " |"
-        for _, row in rows.iterrows()
-    ]
+    lines += ["| " + " | ".join(c.text(row) for c in columns) + " |" for _, row in rows.iterrows()]
     return "\n".join(lines)
 
 
 def markdown(runs: Runs, ladder: pd.DataFrame, checkpoints: pd.DataFrame, captions: dict) -> str:
+    """report.md. Everything it shows from the data (names, descriptions, notes, changes) goes
+    through `markdown_text`; only its own prose and links are written as they are."""
     top = headline(runs, ladder)
-    lead = "".join(f"**{t}**" if bold else t for t, bold in _lead(top))
+    lead = "".join(  # names inside the prose: escaped whole, which renders the same
+        f"**{markdown_text(t)}**" if bold else markdown_text(t) for t, bold in _lead(top)
+    )
     reading = "\n".join(f"- **{k}**: {v}" for k, v in READING)
     columns = "\n".join(f"- `{k}`: {v}" for k, v in LADDER_COLUMNS.items())
     figures = "\n\n".join(
-        f"![{name}](figures/{name}.png)\n\n*{caption}*" for name, caption in captions.items()
+        f"![{name}](figures/{name}.png)\n\n*{markdown_text(caption)}*"
+        for name, caption in captions.items()
     )
     experiment = Column("experiment", lambda row: row["experiment"], kind="name")
     return f"""# {TITLE}
 
-{_summary(runs)}
+{markdown_text(_summary(runs))}
 
 {lead}
 

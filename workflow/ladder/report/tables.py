@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
@@ -49,7 +49,9 @@ LADDER_COLUMNS: dict[str, str] = {
     "rung": "position in the report, from 1",
     "experiment": "experiment name; with seed replicates, the experiment they repeat",
     "parent": "the experiment this one is a diff of (its base), empty for a root",
-    "changes": "settings that differ from the parent's (defaults a key takes on are not changes)",
+    "changes": "settings that differ from the parent's (defaults a key takes on are not changes); "
+    "one that starts with + or - has a ' before it, as every text cell a spreadsheet would run as "
+    "a formula",
     "replicates": "runs this row stands for: 1, or the experiment and its seed replicates "
     "(params.yaml `replicate_of`) in the report. With more than 1, every accuracy and Δ is the "
     "mean over the runs, each run at its own val-picked checkpoint; best_epoch and "
@@ -672,10 +674,33 @@ def metrics(ladder: pd.DataFrame) -> dict:
     }
 
 
+def map_text(table: pd.DataFrame, escape: Callable[[str], str]) -> pd.DataFrame:
+    """A copy of `table` with `escape` applied to every text cell; numbers, flags and missing
+    values stay as they are."""
+    table = table.copy()
+    for column in table.select_dtypes(include=["object", "string"]).columns:
+        table[column] = table[column].map(lambda v: escape(v) if isinstance(v, str) else v)
+    return table
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(text: str) -> str:
+    """`text` as a CSV cell that stays one text cell: a leading quote where a spreadsheet would
+    run it as a formula (a description `=HYPERLINK(...)`, a change `-blur`), and carriage returns
+    as newlines, which the writer quotes (a bare one it leaves as is, and readers end the row
+    there)."""
+    text = f"'{text}" if text.startswith(FORMULA_STARTS) else text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def write_csv(table: pd.DataFrame, path: Path) -> None:
     """Accuracies (and deltas) to 2 decimals, losses to 4, p-values to 3 significant digits (a
-    p-value of 1e-12 is not 0); missing values as empty cells."""
-    table = table.copy()
+    p-value of 1e-12 is not 0); missing values as empty cells; text cells made `csv_safe`
+    (numbers stay numbers: DVC plots and pandas read them)."""
+    table = map_text(table, csv_safe)
     floats = table.select_dtypes(float).columns
     for column in (c for c in floats if c.startswith("p_")):
         table[column] = [float(f"{p:.3g}") for p in table[column]]
