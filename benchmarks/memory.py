@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         from ladder import config, io
 
         exp = config.Params.from_dict({"experiments": {"x": settings}}).experiments["x"]
-        io.write_json(root / "train.json", exp.train)
+        io.write_record(root / "train.json", exp.train)
         train = [sys.executable, "-m", "ladder", "train", "--experiment", "x",
                  "--settings", str(root / "train.json"), "--data", str(data),
                  "--stats", str(root / "stats.json"),

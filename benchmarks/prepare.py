@@ -6,6 +6,7 @@ prepare (decode, split, write arrays) and stats, each against a simple baseline 
 a single-process decode loop, and the float64 mean/std numpy would compute on the whole split.
 
     python benchmarks/prepare.py [--work /tmp/ladder-bench] [--workers N]
+        [--classes 200 --train-per-class 500 --val 10000]   (tests run it at tiny sizes)
 
 Targets on a 2-core machine: prepare <= 60 s, stats <= 10 s.
 """
@@ -22,17 +23,20 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from ladder import manifest
 from ladder.data import archive, prepare, stats
 from PIL import Image
 
 CLASSES, TRAIN_PER_CLASS, VAL, SIZE = 200, 500, 10_000, 64
 
 
-def make_archive(path: Path) -> None:
+def make_archive(
+    path: Path, classes: int = CLASSES, per_class: int = TRAIN_PER_CLASS, val: int = VAL
+) -> None:
     rng = np.random.default_rng(0)
     # Smooth random images compress like photographs; pure noise would make JPEGs 5x larger.
     base = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
-    wnids = [f"n{i:08d}" for i in range(CLASSES)]
+    wnids = [f"n{i:08d}" for i in range(classes)]
 
     def jpeg(i: int) -> bytes:
         small = np.roll(base[i % 64], i % 7, axis=0) ^ np.uint8(i % 251)
@@ -49,13 +53,13 @@ def make_archive(path: Path) -> None:
         zf.writestr(f"{root}/words.txt", "".join(f"{w}\tclass {w}\n" for w in wnids))
         n = 0
         for w in wnids:
-            for j in range(TRAIN_PER_CLASS):
+            for j in range(per_class):
                 zf.writestr(f"{root}/train/{w}/images/{w}_{j}.JPEG", jpeg(n))
                 n += 1
         lines = []
-        for i in range(VAL):
+        for i in range(val):
             zf.writestr(f"{root}/val/images/val_{i}.JPEG", jpeg(n + i))
-            lines.append(f"val_{i}.JPEG\t{wnids[i % CLASSES]}\t0\t0\t63\t63\n")
+            lines.append(f"val_{i}.JPEG\t{wnids[i % classes]}\t0\t0\t63\t63\n")
         zf.writestr(f"{root}/val/val_annotations.txt", "".join(lines))
 
 
@@ -65,23 +69,32 @@ def timed(fn, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("/tmp/ladder-bench"))
     p.add_argument("--workers", type=int, default=os.cpu_count())
-    args = p.parse_args()
+    p.add_argument("--classes", type=int, default=CLASSES)
+    p.add_argument("--train-per-class", type=int, default=TRAIN_PER_CLASS)
+    p.add_argument("--val", type=int, default=VAL)
+    args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    tag = f"{args.classes}x{args.train_per_class}+{args.val}"
     zip_path, raw, out = (
-        args.work / "tiny-imagenet-200.zip",
-        args.work / "raw",
-        args.work / "prepared",
+        args.work / f"tiny-imagenet-{tag}.zip",
+        args.work / f"raw-{tag}",
+        args.work / f"prepared-{tag}",
     )
 
     if not zip_path.exists():
-        _, seconds = timed(make_archive, zip_path)
+        _, seconds = timed(make_archive, zip_path, args.classes, args.train_per_class, args.val)
         print(f"generated {zip_path} ({zip_path.stat().st_size / 1e6:.0f} MB) in {seconds:.0f} s")
-    if not raw.exists():
-        _, seconds = timed(archive.extract, zip_path, raw)
+    if not manifest.sibling(raw).exists():
+        # As `ladder download` leaves it: extracted, with the folder's manifest.
+        def extract() -> None:
+            with manifest.folder(raw) as tmp:
+                archive.extract(zip_path, tmp)
+
+        _, seconds = timed(extract)
         print(f"extracted in {seconds:.1f} s")
 
     settings = {"source": "tinyimagenet", "val_fraction": 0.2, "split_seed": 0, "image_size": SIZE}

@@ -94,7 +94,7 @@ def write_inputs(root: Path, params: config.Params, shape: Shape = Shape()) -> d
         "data": root / "data",
     }
     for rel, content in params.settings_files().items():
-        io.write_json(root / "configs" / rel, content)
+        io.write_record(root / "configs" / rel, content)
     y = {
         split: rng.permutation(np.arange(n) % shape.classes)
         for split, n in (("val", shape.val), ("test", shape.test))
@@ -125,7 +125,7 @@ def _write_run(
     run: Path, name: str, exp, shape: Shape, y: dict, rng: np.random.Generator, top: float
 ) -> None:
     train, epochs = exp.train, exp.train["epochs"]
-    io.write_json(
+    io.write_record(
         run / "config.json",
         {
             "experiment": name,
@@ -154,6 +154,10 @@ def _write_run(
         for s in range(every, steps_per_epoch * epochs + 1, every)
     ]
     io.write_text(run / "steps.csv", "\n".join(steps) + "\n")
+    # What training writes beside its checkpoints, vouched for by their manifest.
+    beside = {f: manifest.file_digest(run / f) for f in ("history.csv", "steps.csv")}
+    with manifest.folder(run / "checkpoints", beside=beside):
+        pass
 
     tta = exp.evaluate["passes"] > 0 or exp.evaluate["augment"] == "flip"
     checkpoints = exp.checkpoint_epochs

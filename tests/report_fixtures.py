@@ -130,11 +130,11 @@ def write_inputs(
         "runs": root / "runs",
         "data": root / "data",
     }
-    io.write_json(paths["selection"], {"experiments": names or list(params.experiments)})
+    io.write_record(paths["selection"], {"experiments": names or list(params.experiments)})
     for name, exp in params.experiments.items():
         for part, content in (("train", exp.train), ("evaluate", exp.evaluate)):
-            io.write_json(paths["configs"] / name / f"{part}.json", content)
-        io.write_json(paths["configs"] / name / "report.json", {"name": name, **exp.meta})
+            io.write_record(paths["configs"] / name / f"{part}.json", content)
+        io.write_record(paths["configs"] / name / "report.json", {"name": name, **exp.meta})
         _write_run(paths["runs"] / name, name, exp, results[name])
     _write_data(paths["data"])
     return paths
@@ -142,7 +142,7 @@ def write_inputs(
 
 def _write_run(run: Path, name: str, exp: config.Experiment, results: dict) -> None:
     epochs = exp.train["epochs"]
-    io.write_json(
+    io.write_record(
         run / "config.json",
         {
             "experiment": name,
@@ -168,6 +168,10 @@ def _write_run(run: Path, name: str, exp: config.Experiment, results: dict) -> N
         epoch = (step - 1) // steps_per_epoch + 1
         steps.append(f"{step},{epoch},0.01,1.5,{results['train'][epoch - 1] - 0.05}")
     io.write_text(run / "steps.csv", "\n".join(steps) + "\n")
+    # What training writes beside its checkpoints, vouched for by their manifest.
+    beside = {f: manifest.file_digest(run / f) for f in ("history.csv", "steps.csv")}
+    with manifest.folder(run / "checkpoints", beside=beside):
+        pass
 
     with manifest.folder(run / "eval") as tmp:
         for e in exp.checkpoint_epochs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -232,3 +233,32 @@ def test_memory_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
     ]
     assert all(r["anon_mb"] > 0 and r["hwm_mb"] >= r["anon_mb"] for r in rows.values()), rows
     assert "peak anon MB" in result.stdout
+
+
+def test_verification_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
+    out = tmp_path / "verification.json"
+    args = ["--work", str(tmp_path / "work"), "--train", "64", "--val", "16", "--test", "16",
+            "--size", "8", "--checkpoints", "2", "--checkpoint-mb", "0.5", "--files", "50",
+            "--repeats", "1", "--json", str(out)]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "verification.py"), *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    stages_checked = {r["what"].split(":")[0] for r in rows if "prepared" in r["what"]}
+    assert stages_checked == {"train", "evaluate", "stats"}
+    assert {r["algorithm"] for r in rows if r["gb"]} == {"xxh3_128", "blake2b"}
+    assert any(r["what"].startswith("planning: listing 50 files") for r in rows)
+
+
+def test_prepare_benchmark_runs_as_written_at_tiny_sizes(tmp_path):
+    args = ["--work", str(tmp_path), "--classes", "3", "--train-per-class", "6", "--val", "6",
+            "--workers", "1"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "prepare.py"), *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "images: {'train': 14, 'val': 4, 'test': 6}" in result.stdout
+    assert re.search(r"^prepare +\d", result.stdout, re.M)

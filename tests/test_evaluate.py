@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from ladder import config, evaluate, manifest, models, predictions, train
+from ladder import config, evaluate, io, manifest, models, predictions, train
 
 
 def test_majority_vote_with_ties_broken_by_summed_probabilities():
@@ -108,17 +108,16 @@ def _run_dir(tmp_path):
     model = _varied(models.build(settings.train["model"], 3, 8))
     with manifest.folder(run / "checkpoints") as tmp:
         train.save_checkpoint(model, tmp / "epoch_001.pt")
-    (run / "config.json").write_text(
-        json.dumps(
-            {
-                "experiment": "x",
-                "settings": settings.train,
-                "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
-                "num_classes": 3,
-                "image_size": 8,
-                "checkpoint_epochs": [1],
-            }
-        )
+    io.write_record(
+        run / "config.json",
+        {
+            "experiment": "x",
+            "settings": settings.train,
+            "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
+            "num_classes": 3,
+            "image_size": 8,
+            "checkpoint_epochs": [1],
+        },
     )
     rng = np.random.default_rng(0)
     with manifest.folder(tmp_path / "data") as data:
@@ -194,13 +193,13 @@ def test_only_new_checkpoints_are_evaluated_again(tmp_path, caplog):
     tta = {"passes": 2, "augment": "train", "seed": 0}
     (first,) = _evaluate(run, tta, data, tmp_path)
     before = first.read_bytes()
-    config_json = json.loads((run / "config.json").read_text())
+    config_json = io.read_record(run / "config.json")
     with manifest.folder(run / "checkpoints") as tmp:  # training went on: a second checkpoint
         shutil.copy2(run / "checkpoints" / "epoch_001.pt", tmp / "epoch_001.pt")
         torch.manual_seed(1)
         model = _varied(models.build(config_json["settings"]["model"], 3, 8))
         train.save_checkpoint(model, tmp / "epoch_002.pt")
-    (run / "config.json").write_text(json.dumps({**config_json, "checkpoint_epochs": [1, 2]}))
+    io.write_record(run / "config.json", {**config_json, "checkpoint_epochs": [1, 2]})
     with caplog.at_level("INFO", logger="ladder.evaluate"):
         outs = _evaluate(run, tta, data, tmp_path)
     assert [p.name for p in outs] == ["epoch_001.json", "epoch_002.json"]
@@ -310,5 +309,7 @@ def test_predictions_file_format_round_trips_and_refuses_surprises(tmp_path):
     with pytest.raises(predictions.PredictionsError, match=r"p.npz: val_plain is int16 \(3,\)"):
         predictions.read(path, {"val_plain": 4, "test_plain": 2})
     _cut_short(path)
-    with pytest.raises(predictions.PredictionsError, match=r"p.npz: unreadable or cut short"):
+    with pytest.raises(
+        predictions.PredictionsError, match=r"p.npz: unreadable, damaged or cut short"
+    ):
         predictions.read(path, {"val_plain": 3, "test_plain": 2})

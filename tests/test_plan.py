@@ -14,8 +14,6 @@ import torch
 import yaml
 from conftest import BIN, REPO
 from ladder import config, flops, io, manifest, models, plan, stages
-from ladder.data import prepare
-from ladder.data.download import download
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -203,7 +201,7 @@ def test_rates_measured_by_runs_then_by_the_benchmark_then_assumed(tmp_path):
     # A finished run of the same model and batch (another dropout) measured 1,000 images/s.
     run = tmp_path / stages.RUNS / "eff64"
     settings = config.load(params_file).experiments["eff64"].train
-    io.write_json(run / "config.json", {"settings": settings, "image_size": 16, "device": "cuda"})
+    io.write_record(run / "config.json", {"settings": settings, "image_size": 16, "device": "cuda"})
     (run / "history.csv").write_text("epoch,images_per_second\n1,900\n2,1000\n3,1100\n")
     r = rows()
     assert r["eff64"].rate_source == "run eff64 on cuda"
@@ -216,13 +214,16 @@ def test_rates_measured_by_runs_then_by_the_benchmark_then_assumed(tmp_path):
 
 def test_split_sizes_come_from_prepared_data_made_with_these_settings(tmp_path):
     params = config.Params.from_dict(
-        {"dataset": {"source": "digits", "image_size": 8}, "experiments": {}}
+        {
+            "dataset": {"source": "digits", "image_size": 8},
+            "experiments": {"x": {"model": {"name": "mynet"}}},
+        }
     )
-    download({"source": "digits"}, tmp_path / "raw")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.raw))
+    for stage in ("configure", "download", "prepare"):  # as the engines run them
+        cmd = stages.STAGES[stage].command().split()
+        subprocess.run([str(BIN / "ladder"), *cmd[1:]], cwd=tmp_path, check=True)
     prepared = tmp_path / stages.PREPARED
-    prepare.prepare(tmp_path / "raw", prepared, params.prepare_settings(), workers=1)
-    assert "configs/prepare.json missing" in plan.splits(params, tmp_path).source
-    io.write_json(tmp_path / stages.CONFIGS / "prepare.json", params.prepare_settings())
     splits = plan.splits(params, tmp_path)
     assert splits.source == str(prepared)
     assert (splits.train, splits.val, splits.test, splits.classes) == (1149, 288, 360, 10)

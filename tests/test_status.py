@@ -61,14 +61,20 @@ class Workspace:
         (self.root / "params.yaml").write_text(yaml.safe_dump(params))
         config.write_settings(config.load(self.root / "params.yaml"), self.root / stages.CONFIGS)
 
-    def train_cmd(self) -> list[str]:
+    def cmd(self, stage: str) -> list[str]:
         """What the engines run for experiment x, in this root."""
-        cmd = stages.STAGES["train"].command("x").split()
+        cmd = stages.STAGES[stage].command("x").split()
         assert cmd[0] == "ladder"
-        return [str(BIN / "ladder"), *cmd[1:], "--device", "cpu", "--threads", "1", "--no-progress"]
+        return [str(BIN / "ladder"), *cmd[1:], "--device", "cpu", "--threads", "1"]
+
+    def train_cmd(self) -> list[str]:
+        return [*self.cmd("train"), "--no-progress"]
 
     def train(self) -> subprocess.CompletedProcess:
         return subprocess.run(self.train_cmd(), cwd=self.root, capture_output=True, text=True)
+
+    def evaluate(self) -> None:
+        subprocess.run(self.cmd("evaluate"), cwd=self.root, capture_output=True, check=True)
 
     def status(self) -> status.ExperimentStatus:
         (row,) = status.status(self.root / "params.yaml", self.root)
@@ -98,13 +104,19 @@ def test_a_finished_run_is_done_then_outdated_when_its_settings_or_data_change(d
     assert ws.status().changes == ["stats.json changed"]
     stats_file.write_text(original)
 
-    # Evaluation: an eval folder that lists the checkpoint, then checkpoints newer than it.
-    run = tmp_path / "results" / "experiments" / "x"
-    with manifest.folder(run / "eval") as tmp:
-        (tmp / "epoch_001.json").write_text("{}")
+    # Evaluation, by what the real evaluation records of its making: current, then outdated by
+    # a TTA edit (and current again once reverted), then stale once the checkpoints differ.
+    ws.evaluate()
     assert ws.status().evaluation == "evaluated"
-    later = manifest.sibling(run / "eval").stat().st_mtime + 10
-    os.utime(manifest.sibling(run / "checkpoints"), (later, later))
+    ws.set(tta={"passes": 3})
+    assert ws.status().evaluation == "outdated"
+    ws.set()
+    assert ws.status().evaluation == "evaluated"
+    run = tmp_path / "results" / "experiments" / "x"
+    checkpoint = run / "checkpoints" / "epoch_001.pt"
+    weights = checkpoint.read_bytes()
+    with manifest.folder(run / "checkpoints") as tmp:  # other weights, of the same size
+        (tmp / checkpoint.name).write_bytes(weights[:-1] + bytes([weights[-1] ^ 1]))
     assert ws.status().evaluation == "stale"
 
     # A checkpoint that no longer matches its manifest: not done, whatever config.json says.

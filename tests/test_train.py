@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import BIN, Deadline
-from ladder import config, manifest, train, workspace
+from ladder import config, io, manifest, stages, train, workspace
 from ladder.data import prepare, stats
 from ladder.data.download import download
 
@@ -84,7 +85,38 @@ def test_digits_learns_and_writes_every_output(digits, tmp_path):
     ]
     weights = torch.load(out / "checkpoints" / "epoch_002.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in weights.values())
-    assert not (tmp_path / "resume" / "x").exists()  # finished: resume state cleaned up
+    # Finished: the resume folder keeps what repeats the outputs (links), not the optimiser.
+    (state,) = (tmp_path / "resume" / "x").iterdir()
+    assert (state / stages.FINISHED).exists()
+    assert not (state / "state.pt").exists()
+    assert (state / "checkpoints" / "epoch_002.pt").samefile(out / "checkpoints" / "epoch_002.pt")
+
+
+def test_a_rerun_of_a_finished_run_uses_its_results_unless_they_are_damaged(
+    digits, tmp_path, caplog
+):
+    s = settings(epochs=2, batch_size=64)
+    out = run(digits, tmp_path, s)
+    first = {p.name: p.read_bytes() for p in (out / "checkpoints").glob("*.pt")}
+    config_json = (out / "config.json").read_bytes()
+    shutil.rmtree(out)  # what an engine does before it reruns the job
+    with caplog.at_level("INFO", logger="ladder.train"):
+        again = run(digits, tmp_path, s)
+    assert "trained before with the same settings, data and code" in caplog.text
+    assert "epoch 1/2" not in caplog.text  # not one step trained
+    assert {p.name: p.read_bytes() for p in (again / "checkpoints").glob("*.pt")} == first
+    assert (again / "config.json").read_bytes() == config_json
+    # A checkpoint damaged in place (the resume folder holds the same file): trained anew.
+    (state,) = (tmp_path / "resume" / "x").iterdir()
+    damaged = bytearray(first["epoch_001.pt"])
+    damaged[-100] ^= 0xFF
+    (state / "checkpoints" / "epoch_001.pt").write_bytes(damaged)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ladder.train"):
+        fresh = run(digits, tmp_path, s)
+    assert "not using the finished run" in caplog.text
+    assert "epoch 2/2" in caplog.text
+    assert {p.name: p.read_bytes() for p in (fresh / "checkpoints").glob("*.pt")} == first
 
 
 def test_ema_weights_are_what_is_validated_and_saved(digits, tmp_path):
@@ -225,7 +257,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(digits, tmp_p
         augment={"hflip": 0.5, "translate": {"p": 0.5}}, schedule={"name": "cosine"},
     )  # fmt: skip
     settings_file = tmp_path / "train.json"
-    settings_file.write_text(json.dumps(s))
+    io.write_record(settings_file, s)
 
     whole = tmp_path / "whole"
     subprocess.run(_train_cmd(digits, whole, settings_file), check=True, capture_output=True)

@@ -32,7 +32,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ladder import augment, config, devices, io, manifest, models, predictions, stages
+from ladder import (
+    augment,
+    config,
+    devices,
+    io,
+    manifest,
+    models,
+    predictions,
+    provenance,
+    stages,
+)
 from ladder.inference import predict
 from ladder.loader import DeviceSplit
 
@@ -40,6 +50,7 @@ log = logging.getLogger(__name__)
 
 # The prepared files an evaluation reads.
 EVAL_INPUTS = ("val_x.npy", "val_y.npy", "test_x.npy", "test_y.npy", "classes.json")
+PREDICTIONS = "predictions_digest"  # a cached result's record of its .npz file
 
 
 class CheckpointError(ValueError):
@@ -187,7 +198,7 @@ def evaluate_run(
     """Evaluate every checkpoint of a training run into <run>/eval/epoch_NNN.{json,npz}; return
     the JSON files."""
     run, data = Path(run), Path(data)
-    run_config = io.read_json(run / "config.json")
+    run_config = provenance.read_record(run / "config.json")
     checkpoints = manifest.read(run / "checkpoints")
     prepared = manifest.read(data)["files"]
     cache = Path(cache_root) / run_config["experiment"]
@@ -212,13 +223,19 @@ def evaluate_run(
         len(keys) - len(todo),
     )  # fmt: skip
     if todo:
+        manifest.verify(data, EVAL_INPUTS)  # every byte evaluation is about to read
         evaluated = _evaluate_checkpoints(
             run, run_config, checkpoints, tta, data, todo, device, threads
         )
         for epoch, result, arrays in evaluated:
-            # The predictions first: a result counts as cached once its JSON is there too.
-            io.write_bytes(_npz(cache, keys[epoch]), predictions.to_bytes(arrays))
-            io.write_json(cache / f"{keys[epoch]}.json", result)
+            # The predictions first: a result counts as cached once its JSON (a record that
+            # vouches for them by digest) is there too.
+            data_bytes = predictions.to_bytes(arrays)
+            io.write_bytes(_npz(cache, keys[epoch]), data_bytes)
+            io.write_record(
+                cache / f"{keys[epoch]}.json",
+                {**result, PREDICTIONS: manifest.bytes_digest(data_bytes)},
+            )
             results[epoch] = result
     current = set(keys.values())
     for stale in [*cache.glob("*.json"), *cache.glob(f"*{predictions.SUFFIX}")]:
@@ -226,7 +243,7 @@ def evaluate_run(
             stale.unlink()
 
     written = []
-    with manifest.folder(run / "eval") as tmp:
+    with manifest.folder(run / "eval", made_with=provenance.made_with()) as tmp:
         for epoch, result in results.items():
             io.write_json(tmp / f"epoch_{epoch:03d}.json", result)
             shutil.copyfile(_npz(cache, keys[epoch]), _npz(tmp, f"epoch_{epoch:03d}"))
@@ -239,13 +256,21 @@ def _npz(folder: Path, stem: str) -> Path:
 
 
 def _cached(cache: Path, key: str) -> dict | None:
-    """The cached result of `key`, or None to evaluate again: absent, or either file cut short
-    (the predictions are read whole, which checks every member's CRC)."""
+    """The cached result of `key`, or None to evaluate again: absent, or either file damaged
+    (the JSON checked against its own digest, the predictions against the digest it records,
+    then read whole)."""
+    path = cache / f"{key}.json"
     try:
-        result = io.read_json(cache / f"{key}.json")
+        result = io.read_record(path)
+        expected = result.pop(PREDICTIONS)
+        if manifest.file_digest(_npz(cache, key)) != expected:
+            raise predictions.PredictionsError(f"{_npz(cache, key)}: differs from {path}")
         lengths = predictions.expected(result["images"], tta=result["tta"] is not None)
         predictions.read(_npz(cache, key), lengths)
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as e:  # damaged: evaluated again, and replaced
+        log.warning("%s: cached evaluation unusable (%s); evaluating again", path, e)
         return None
     return result
 

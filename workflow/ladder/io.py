@@ -2,6 +2,15 @@
 
 A killed job never leaves a file that looks finished, and a file DVC hard-linked from its cache is
 replaced, never modified in place (a write through the link would corrupt the cache).
+
+Every rename into place first runs the hooks registered with `before_commit` (ladder.provenance
+checks there that the settings a job started with are still the ones on disk), so a job whose
+inputs changed under it commits nothing.
+
+Records: JSON files the project writes and reads back itself (settings, stats, a run's
+config.json, cached evaluations) carry a digest of their own content (`write_record`), which
+`read_record` checks: a value edited in place is refused even when the file keeps its size and
+timestamp.
 """
 
 from __future__ import annotations
@@ -12,9 +21,29 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from ladder import digest
+
+_before_commit: list[Callable[[], None]] = []
+RECORD_DIGEST = "content_digest"  # a record's own digest (see the module doc)
+
+
+class RecordError(ValueError):
+    """A record's content does not match its own digest."""
+
+
+def before_commit(hook: Callable[[], None]) -> None:
+    """Run `hook` before every rename into place in this process (it raises to refuse)."""
+    if hook not in _before_commit:
+        _before_commit.append(hook)
+
+
+def _commit_checks() -> None:
+    for hook in _before_commit:
+        hook()
 
 
 def _remove_stale(path: Path) -> None:
@@ -59,6 +88,7 @@ def atomic_path(path: str | Path, mode: int | None = 0o644) -> Iterator[Path]:
             yield tmp
         if mode is not None:  # mkstemp makes 0600 files
             tmp.chmod(mode)
+        _commit_checks()
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -75,6 +105,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         with _naming(path):
             yield tmp
         tmp.chmod(0o755)  # mkdtemp makes 0700 folders
+        _commit_checks()
         if path.exists():
             shutil.rmtree(path)
         tmp.replace(path)
@@ -102,9 +133,9 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, _json_text(obj))
 
 
-def write_json_if_changed(path: str | Path, obj: Any) -> bool:
-    """write_json, unless the file already holds exactly that; True if it wrote."""
-    path, text = Path(path), _json_text(obj)
+def write_if_changed(path: str | Path, text: str) -> bool:
+    """Write `text` to `path`, unless the file already holds exactly that; True if it wrote."""
+    path = Path(path)
     try:
         if path.read_text() == text:
             return False
@@ -114,13 +145,46 @@ def write_json_if_changed(path: str | Path, obj: Any) -> bool:
     return True
 
 
+def record_text(obj: dict) -> str:
+    """The text of a record: `obj` with the digest of its canonical JSON added."""
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return _json_text({**obj, RECORD_DIGEST: digest.bytes_digest(canonical.encode())})
+
+
+def write_record(path: str | Path, obj: dict) -> None:
+    write_text(path, record_text(obj))
+
+
+def check_record(path: str | Path, obj: Any) -> dict:
+    """`obj` (a record read from `path`) without its digest, which must match its content."""
+    if not isinstance(obj, dict) or RECORD_DIGEST not in obj:
+        raise RecordError(f"{path}: not a record written by ladder (no {RECORD_DIGEST})")
+    obj = dict(obj)
+    recorded = obj.pop(RECORD_DIGEST)
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    if digest.bytes_digest(canonical.encode()) != recorded:
+        raise RecordError(f"{path}: its content does not match its digest (edited or damaged)")
+    return obj
+
+
+def read_record(path: str | Path) -> dict:
+    return check_record(path, read_json(path))
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
+    return read_json_bytes(path, data)
+
+
+def read_json_bytes(path: str | Path, data: bytes) -> Any:
+    """The JSON in `data` (the bytes of `path`, named in errors)."""
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 

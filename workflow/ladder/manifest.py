@@ -7,29 +7,42 @@ depend on that sibling file, never on the folder: both engines compare a few hun
 content (Snakemake by checksum, DVC by md5), and the large files are hashed once, by the stage
 that wrote them, not by the scheduler for every job that reads them.
 
-A reader calls `verify(folder)` before using it: the inner and the sibling manifest must be equal
-(a kill between the two renames, or a folder and a manifest from different runs, is caught) and
-every listed file present with its size (a cheap check of hand edits; the digests are checked
-only by readers that read the bytes anyway, e.g. checkpoints in evaluation).
+The inner manifest also says what the folder was made with (`made_with`: the settings files and
+inputs the stage read, by digest) and vouches for files the job wrote beside the folder
+(`beside`, e.g. a run's history.csv); the sibling leaves both out, so that a job downstream
+reruns only when the folder's content changes.
+
+Two checks, by cost:
+- `read(folder)`: the inner and sibling manifests agree (a kill between the two renames, or a
+  folder and a manifest from different runs, is caught) and every listed file is there with its
+  size. Cheap (a stat per file): both engines' planning runs it (ladder.snakefile; DVC sees
+  missing and resized files itself).
+- `verify(folder, names)`: `read`, then the digest of every named file. A reader calls it for the
+  files it is about to use, so a file damaged in place (same size, timestamp kept) is refused,
+  with the command that regenerates only it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ladder import io
+from ladder import digest, io, stages
 
 INNER = "MANIFEST.json"
 SUFFIX = ".manifest.json"
 # Files in an output folder that are no part of the result: Snakemake's timestamp marker.
 IGNORED = {INNER, ".snakemake_timestamp"}
+MADE_WITH = "made_with"  # inner manifest only: what the folder was made from
+BESIDE = "beside"  # inner manifest only: files the same job wrote next to the folder, by digest
+_INNER_ONLY = (MADE_WITH, BESIDE)
 
 
 class ManifestError(ValueError):
-    """A folder does not match its manifest; the message names both and the command to rerun."""
+    """A folder does not match its manifest; the message names the file and the command that
+    regenerates it."""
 
 
 def sibling(folder: str | Path) -> Path:
@@ -38,13 +51,16 @@ def sibling(folder: str | Path) -> Path:
     return folder.with_name(folder.name + SUFFIX)
 
 
+def algorithm(manifest: dict) -> str:
+    return manifest.get("algorithm", digest.LEGACY)
+
+
 def file_digest(path: str | Path) -> str:
-    with Path(path).open("rb") as f:
-        return hashlib.file_digest(f, "blake2b").hexdigest()[:32]
+    return digest.file_digest(path)
 
 
 def bytes_digest(data: bytes) -> str:
-    return hashlib.blake2b(data).hexdigest()[:32]
+    return digest.bytes_digest(data)
 
 
 def build(folder: str | Path, digests: dict[str, str] | None = None) -> dict:
@@ -62,6 +78,7 @@ def build(folder: str | Path, digests: dict[str, str] | None = None) -> dict:
     for rel, entry in files.items():
         summary.update(f"{rel}\0{entry['digest']}\n".encode())
     return {
+        "algorithm": digest.ALGORITHM,
         "count": len(files),
         "bytes": sum(e["bytes"] for e in files.values()),
         "digest": summary.hexdigest()[:32],
@@ -70,48 +87,105 @@ def build(folder: str | Path, digests: dict[str, str] | None = None) -> dict:
 
 
 @contextlib.contextmanager
-def folder(path: str | Path, digests: dict[str, str] | None = None) -> Iterator[Path]:
+def folder(
+    path: str | Path,
+    digests: dict[str, str] | None = None,
+    made_with: dict | None = None,
+    beside: dict[str, str] | None = None,
+) -> Iterator[Path]:
     """Build the folder `path` in a temporary folder (yielded); on success, rename it into place
     with its manifest inside, then write the sibling manifest. `digests` may be filled in by the
-    block with digests it already knows."""
+    block with digests it already knows; `made_with` records what the folder was made from,
+    `beside` the digests of files written next to it."""
     path = Path(path)
     with io.atomic_dir(path) as tmp:
         yield tmp
         manifest = build(tmp, digests)
-        io.write_json(tmp / INNER, manifest)
+        io.write_json(tmp / INNER, {**manifest, MADE_WITH: made_with or {}, BESIDE: beside or {}})
     io.write_json(sibling(path), manifest)
+
+
+def _damaged(path: Path, what: str) -> ManifestError:
+    return ManifestError(f"{path}: {what}; {stages.regenerate(path)}")
 
 
 def read(folder: str | Path) -> dict:
     """The sibling manifest of `folder`, checked against the folder (see the module doc)."""
+    from ladder import provenance
+
     folder = Path(folder)
     outer, inner = sibling(folder), folder / INNER
-    rerun = "rerun the stage that writes it (see README, 'When something goes wrong')"
     if not folder.is_dir():
-        raise ManifestError(f"{folder}: folder not found ({rerun})")
+        raise _damaged(folder, "folder not found")
     if not outer.exists() or not inner.exists():
         missing = outer if not outer.exists() else inner
-        raise ManifestError(f"{missing}: manifest of {folder} not found ({rerun})")
-    manifest = io.read_json(outer)
-    if io.read_json(inner) != manifest:
-        raise ManifestError(
-            f"{folder} does not match {outer}: they come from different runs "
-            f"(a writer was interrupted, or one was restored without the other); {rerun}"
+        raise _damaged(missing, f"manifest of {folder} not found")
+    manifest = provenance.read_json(outer)
+    try:
+        inner_manifest = io.read_json(inner)
+    except ValueError as e:
+        raise _damaged(inner, str(e).split(": ", 1)[-1]) from None
+    if {k: v for k, v in inner_manifest.items() if k not in _INNER_ONLY} != manifest:
+        raise _damaged(
+            folder,
+            f"does not match {outer}: they come from different runs (a writer was interrupted, "
+            "or one was restored without the other)",
         )
     for rel, entry in manifest["files"].items():
         path = folder / rel
         if not path.is_file():
-            raise ManifestError(f"{path}: listed in {outer} but missing; {rerun}")
+            raise _damaged(path, f"listed in {outer} but missing")
         if path.stat().st_size != entry["bytes"]:
-            raise ManifestError(f"{path}: changed since {outer} was written; {rerun}")
+            raise _damaged(path, f"changed since {outer} was written (its size differs)")
+    return manifest
+
+
+def _inner(folder: str | Path, key: str) -> dict:
+    try:
+        return io.read_json(Path(folder) / INNER).get(key, {})
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def made_with(folder: str | Path) -> dict:
+    """What the folder was made from (the inner manifest's record); {} when it says nothing."""
+    return _inner(folder, MADE_WITH)
+
+
+def verify_beside(folder: str | Path, names: Iterable[str] | None = None) -> None:
+    """Check the files beside `folder` that its inner manifest vouches for (all, or `names`)."""
+    folder = Path(folder)
+    vouched = _inner(folder, BESIDE)
+    for name in vouched if names is None else names:
+        path = folder.parent / name
+        if name not in vouched:
+            raise _damaged(path, f"not vouched for by {folder / INNER}")
+        try:
+            now = file_digest(path)
+        except FileNotFoundError:
+            raise _damaged(path, f"missing (vouched for by {folder / INNER})") from None
+        if now != vouched[name]:
+            raise _damaged(path, f"content differs from what {folder / INNER} recorded")
+
+
+def verify(folder: str | Path, names: Iterable[str]) -> dict:
+    """`read(folder)`, then the digest of each of `names` (files of the folder); return the
+    manifest. The check before a stage uses a file it did not write."""
+    folder = Path(folder)
+    manifest = read(folder)
+    for rel in names:
+        entry = manifest["files"].get(rel)
+        path = folder / rel
+        if entry is None:
+            raise _damaged(path, f"not listed in {sibling(folder)}")
+        if digest.file_digest(path, algorithm(manifest)) != entry["digest"]:
+            raise _damaged(path, f"content differs from {sibling(folder)} (damaged or edited)")
     return manifest
 
 
 def check_bytes(folder: str | Path, rel: str, data: bytes, manifest: dict) -> None:
     """A reader that has a file's bytes in memory checks them against the manifest's digest."""
     expected = manifest["files"].get(rel, {}).get("digest")
-    if expected != bytes_digest(data):
-        raise ManifestError(
-            f"{Path(folder) / rel}: content differs from {sibling(folder)} (modified or corrupt); "
-            "rerun the stage that writes it"
-        )
+    if expected != digest.bytes_digest(data, algorithm(manifest)):
+        path = Path(folder) / rel
+        raise _damaged(path, f"content differs from {sibling(folder)} (damaged or edited)")

@@ -85,11 +85,8 @@ def held_out(n: int, fraction: float) -> int:
 def splits(params: config.Params, root: Path) -> Splits:
     dataset = params.dataset
     prepared = root / stages.PREPARED
-    settings_file = root / stages.CONFIGS / "prepare.json"
     note = ""
-    if prepared.is_dir() and not settings_file.exists():
-        note = f" ({settings_file} missing: what {prepared} was prepared with is unknown)"
-    elif prepared.is_dir() and io.read_json(settings_file) != params.prepare_settings():
+    if prepared.is_dir() and not config.prepared_is_current(params, root):
         note = f" ({prepared} was prepared with other dataset settings)"
     elif prepared.is_dir():
         try:
@@ -153,7 +150,10 @@ def measured_by_runs(params: config.Params, root: Path, image_size: int) -> dict
     for name, exp in params.experiments.items():
         run = root / stages.RUNS / name
         if (run / "config.json").exists() and (ips := _median_rate(run / "history.csv")):
-            cfg = io.read_json(run / "config.json")
+            try:
+                cfg = io.read_record(run / "config.json")
+            except ValueError:  # damaged: no rate from it (ladder status says why)
+                continue
             s = cfg["settings"]
             key = _key(s["model"], s["batch_size"], cfg["image_size"])
             found.setdefault(key, []).append((name, ips, f"run {name} on {cfg['device']}"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io as stdio
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +86,11 @@ def read(
         raise PredictionsError(f"{path}: file not found") from None
     except PredictionsError:
         raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-        raise PredictionsError(f"{path}: unreadable or cut short ({e})") from None
+    except (
+        OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error,
+        NotImplementedError,  # a member compressed with a method zipfile cannot read
+    ) as e:  # fmt: skip
+        raise PredictionsError(f"{path}: unreadable, damaged or cut short ({e})") from None
     for kind, values in arrays.items():
         if values.dtype != DTYPE or values.shape != (lengths[kind],):
             raise PredictionsError(

@@ -13,8 +13,9 @@ For every selected experiment (params.yaml's `run:`, or all), one of:
 - failed: not running, no current outputs, and the last session of logs/train/<exp>.log (each
   `ladder` command starts one with a "==== ladder" line) ended with an ERROR line: read that log;
 - waiting: none of the above; nothing has run yet.
-Evaluation, where training is done: evaluated (eval/ lists every checkpoint and its manifest is
-newer than the checkpoints'), stale (older), partial (fewer checkpoints), or none.
+Evaluation, where training is done: evaluated (eval/ lists every checkpoint, made from the
+checkpoints there now with the evaluation settings params.yaml resolves to now), outdated (the
+settings changed since), stale (other checkpoints), partial (fewer checkpoints), or none.
 
 Whether a lock is held is read without taking it where possible: a probe that took the lock even
 for a moment could refuse a training run that starts at that moment. The holder's JSON stamp
@@ -168,14 +169,26 @@ def data_changes(root: Path, run_config: dict) -> list[str]:
     return found
 
 
-def evaluation(root: Path, name: str, run_config: dict) -> str:
-    run = root / stages.RUN.replace("{exp}", name)
-    evals = manifest.sibling(run / "eval")
-    if not evals.exists():
+def evaluation(root: Path, exp: config.Experiment, run_config: dict) -> str:
+    """evaluated, outdated (its settings changed since), stale (made from other checkpoints),
+    partial (not every checkpoint) or none; from what the eval folder records of its making
+    (ladder.manifest.made_with), by the paths the engines use, relative to `root`."""
+    run = stages.RUN.replace("{exp}", exp.name)
+    evals = root / run / "eval"
+    if not manifest.sibling(evals).exists():
         return "none"
-    if evals.stat().st_mtime < manifest.sibling(run / "checkpoints").stat().st_mtime:
+    made = manifest.made_with(evals)
+    settings = f"{stages.EXP_CONFIGS.replace('{exp}', exp.name)}/evaluate.json"
+    checkpoints = stages.manifest(f"{run}/checkpoints")
+    if settings in made and made[settings] != config.settings_digest(exp.evaluate):
+        return "outdated"
+    try:
+        current = manifest.file_digest(root / checkpoints)
+    except FileNotFoundError:
         return "stale"
-    listed = io.read_json(evals).get("files", {})
+    if made.get(checkpoints, current) != current:
+        return "stale"
+    listed = io.read_json(manifest.sibling(evals)).get("files", {})
     wanted = {f"epoch_{e:03d}.json" for e in run_config.get("checkpoint_epochs", [])}
     return "evaluated" if wanted <= set(listed) else "partial"
 
@@ -189,7 +202,11 @@ class Resume:
 
 def resume_state(root: Path, name: str) -> Resume | None:
     """The newest resume folder of `name` and the epochs its history.csv records."""
-    folders = [p for p in (root / stages.RESUME / name).glob("*") if p.is_dir()]
+    folders = [
+        p
+        for p in (root / stages.RESUME / name).glob("*")
+        if p.is_dir() and not (p / stages.FINISHED).exists()  # a finished run's, kept for a rerun
+    ]
     if not folders:
         return None
     folder = max(folders, key=lambda p: p.stat().st_mtime)
@@ -261,7 +278,7 @@ def experiment_status(
     session = last_session(paths.log)
     if complete:
         try:
-            run_config = io.read_json(paths.run / "config.json")
+            run_config = io.read_record(paths.run / "config.json")
             return _trained(paths, exp, run_config, session)
         except (OSError, ValueError, KeyError, TypeError) as e:
             problem = f"{paths.show(paths.run / 'config.json')}: {e}"
@@ -292,7 +309,7 @@ def _trained(paths: _Paths, exp, run_config: dict, session: Session | None):
     trained = int(run_config["settings"]["epochs"])
     state = "outdated" if found else "done"
     status = ExperimentStatus(exp.name, state, trained, exp.train["epochs"], changes=found)
-    status.evaluation = evaluation(paths.root, exp.name, run_config)
+    status.evaluation = evaluation(paths.root, exp, run_config)
     if found:
         more = " ..." if len(found) > 3 else ""
         status.detail = f"{len(found)} change(s) since trained: " + "; ".join(found[:3]) + more

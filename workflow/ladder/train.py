@@ -33,7 +33,18 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from ladder import augment, config, devices, io, manifest, models, optim, stages, workspace
+from ladder import (
+    augment,
+    config,
+    devices,
+    io,
+    manifest,
+    models,
+    optim,
+    provenance,
+    stages,
+    workspace,
+)
 from ladder.inference import autocast, predict
 from ladder.loader import DeviceSplit
 from ladder.progress import Meter
@@ -240,8 +251,9 @@ def train(
 
 def run_identity(name: str, settings: dict, data: Path, stats: Path) -> dict:
     """Everything the weights depend on; its fingerprint names the resume folder. The data enter
-    through the digests prepare recorded in its manifest (large files are hashed once)."""
-    prepared = manifest.read(data)["files"]
+    through the digests prepare recorded in its manifest, each file checked against its digest
+    before it is used, and stats.json against its own."""
+    prepared = manifest.verify(data, (*TRAIN_INPUTS, "classes.json"))["files"]
     shape = np.load(data / "train_x.npy", mmap_mode="r").shape
     if len(shape) != 4:
         raise ValueError(f"{data / 'train_x.npy'}: expected N x H x W x 3 images, got {shape}")
@@ -253,7 +265,9 @@ def run_identity(name: str, settings: dict, data: Path, stats: Path) -> dict:
     return {
         "experiment": name,
         "settings": settings,
-        "normalization": augment.normalization(settings["normalize"], io.read_json(stats)),
+        "normalization": augment.normalization(
+            settings["normalize"], provenance.read_record(stats)
+        ),
         "num_classes": len(io.read_json(data / "classes.json")),
         "image_size": int(shape[1]),
         "data": {
@@ -275,6 +289,14 @@ def _train_locked(
         if stale != state_dir:  # settings, data or code changed: that state must not be resumed
             log.info("removing stale resume state %s", stale)
             shutil.rmtree(stale)
+    done = _finished_run(name, state_dir)
+    if done is not None:  # trained before with the same identity: the same result, again
+        prog, run_info = done
+        checkpoint_epochs = config.checkpoint_epochs(
+            settings["epochs"], settings["checkpoint_every"]
+        )
+        _finish(out, state_dir, identity, prog, checkpoint_epochs, run_info)
+        return out
 
     dev = torch.device(devices.resolve(runtime.device))
     if runtime.threads:
@@ -490,10 +512,44 @@ def _keep_failed(folder: Path, state_dir: Path, prog: Progress) -> None:
     )  # fmt: skip
 
 
+def _finished_run(name: str, state_dir: Path) -> tuple[Progress, dict] | None:
+    """The progress and run info of a run with this identity that finished before, when its
+    checkpoints are all still there and whole; else None (and the folder is cleared)."""
+    path = state_dir / stages.FINISHED
+    if not path.exists():
+        return None
+    try:
+        record = io.read_record(path)
+        prog = Progress(**record["progress"])
+        for file, digest in prog.checkpoints.items():
+            if manifest.file_digest(state_dir / "checkpoints" / file) != digest:
+                raise ValueError(f"{state_dir / 'checkpoints' / file} differs from {path}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s: not using the finished run in %s (%s); training again", name,
+                    state_dir, str(e).splitlines()[0])  # fmt: skip
+        shutil.rmtree(state_dir)
+        return None
+    log.info(
+        "%s: trained before with the same settings, data and code (%s): its results are used "
+        "again (remove that folder to train anew)", name, state_dir,
+    )  # fmt: skip
+    return prog, record["run_info"]
+
+
 def _finish(out, state_dir, identity, prog, checkpoint_epochs, run_info: dict) -> None:
-    """Write the declared outputs from the resume folder, then remove it."""
+    """Write the declared outputs from the resume folder, which then keeps only what repeats
+    them (a rerun of the same identity: ladder.snakefile reruns a job whose output was damaged,
+    and Snakemake the jobs after it). The checkpoints' manifest vouches for the CSV files beside
+    the folder too (ladder.manifest), config.json for itself (a record, ladder.io.write_record)."""
+    tables = {
+        "history.csv": _csv(prog.history, HISTORY_COLUMNS),
+        "steps.csv": _csv(prog.steps, STEPS_COLUMNS),
+    }
+    for file, text in tables.items():
+        io.write_text(out / file, text)
     digests = {}
-    with manifest.folder(out / "checkpoints", digests) as tmp:
+    beside = {f: manifest.bytes_digest(t.encode()) for f, t in tables.items()}
+    with manifest.folder(out / "checkpoints", digests, provenance.made_with(), beside) as tmp:
         for epoch in checkpoint_epochs:
             name = checkpoint_name(epoch)
             io.link_or_copy(state_dir / "checkpoints" / name, tmp / name)
@@ -501,9 +557,7 @@ def _finish(out, state_dir, identity, prog, checkpoint_epochs, run_info: dict) -
     with io.atomic_dir(out / "tensorboard") as tmp:
         for events in (state_dir / "tensorboard").glob("events.*"):
             io.link_or_copy(events, tmp / events.name)
-    io.write_text(out / "history.csv", _csv(prog.history, HISTORY_COLUMNS))
-    io.write_text(out / "steps.csv", _csv(prog.steps, STEPS_COLUMNS))
-    io.write_json(
+    io.write_record(
         out / "config.json",
         {
             **{k: v for k, v in identity.items() if k != "data"},
@@ -513,6 +567,7 @@ def _finish(out, state_dir, identity, prog, checkpoint_epochs, run_info: dict) -
             **run_info,
         },
     )
-    shutil.rmtree(state_dir)
-    if not any(state_dir.parent.iterdir()):
-        state_dir.parent.rmdir()
+    # What repeats the outputs stays: links to the same checkpoints (no space of their own while
+    # the outputs exist), the events, the history; the optimiser's state goes.
+    (state_dir / "state.pt").unlink(missing_ok=True)
+    io.write_record(state_dir / stages.FINISHED, {"progress": prog.__dict__, "run_info": run_info})

@@ -8,17 +8,21 @@ give identical arrays (and an identical manifest: nothing downstream reruns).
 from __future__ import annotations
 
 import hashlib
+import io as stdio
 import logging
 import multiprocessing
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
-from ladder import io, manifest
+from ladder import io, manifest, provenance
+from ladder.data.sources import IMAGE_SUFFIXES as IMAGES
 from ladder.data.sources import Labelled, read_layout
 
 log = logging.getLogger(__name__)
@@ -34,16 +38,22 @@ class ImageDecodeError(ValueError):
 def prepare(raw: str | Path, out: str | Path, settings: dict, workers: int | None = None) -> dict:
     """Build the prepared arrays from `raw` with `settings` (results/configs/prepare.json)."""
     started = time.perf_counter()
-    manifest.read(raw)
-    layout = read_layout(Path(raw), settings["source"])
+    raw = Path(raw)
+    # Every raw file is checked against its digest before it is used: the images as the workers
+    # decode them (they read each file once anyway), everything else (label lists, the
+    # archive) now.
+    listed = manifest.read(raw)
+    manifest.verify(raw, [r for r in listed["files"] if Path(r).suffix.lower() not in IMAGES])
+    expected = Expected(raw, listed)
+    layout = read_layout(raw, settings["source"])
     splits = split(layout.pool, layout.test, settings)
     size = settings["image_size"]
     workers = workers or os.cpu_count() or 1
 
     digests: dict[str, np.ndarray] = {}
-    with manifest.folder(out) as tmp:
+    with manifest.folder(out, made_with=provenance.made_with()) as tmp:
         for name, (paths, labels) in splits.items():
-            digests[name] = _decode_into(tmp / f"{name}_x.npy", paths, size, workers)
+            digests[name] = _decode_into(tmp / f"{name}_x.npy", paths, size, workers, expected)
             np.save(tmp / f"{name}_y.npy", labels)
         io.write_json(tmp / "classes.json", layout.classes)
 
@@ -95,15 +105,31 @@ def _stratified(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int,
     return np.sort(keep), np.sort(held)
 
 
-def _decode_into(path: Path, paths: list[Path], size: int, workers: int) -> np.ndarray:
+@dataclass(frozen=True)
+class Expected:
+    """The raw files' digests, for the decoding workers to check what they read."""
+
+    raw: Path
+    manifest: dict
+
+    def check(self, path: Path, data: bytes) -> None:
+        manifest.check_bytes(self.raw, path.relative_to(self.raw).as_posix(), data, self.manifest)
+
+
+def _decode_into(
+    path: Path, paths: list[Path], size: int, workers: int, expected: Expected | None = None
+) -> np.ndarray:
     """Decode `paths` in parallel into a .npy memmap at `path`; return each image's digest.
-    Workers write their rows into the memmap themselves: only digests cross process lines."""
+    Workers write their rows into the memmap themselves: only digests cross process lines.
+    With `expected`, each file's bytes are checked against the raw manifest first."""
     array = np.lib.format.open_memmap(
         path, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)
     )
     del array  # header and size are on disk; workers open it themselves
     digests = np.empty(len(paths), dtype="S16")
     tasks = [(path, i, paths[i : i + CHUNK], size) for i in range(0, len(paths), CHUNK)]
+    global _EXPECTED
+    _EXPECTED = expected  # inherited by the forked workers, not sent with every task
     # fork: workers inherit everything, and nothing here holds threads (torch is not imported).
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         for start, hashes in pool.imap_unordered(_decode_chunk, tasks):
@@ -111,25 +137,36 @@ def _decode_into(path: Path, paths: list[Path], size: int, workers: int) -> np.n
     return digests
 
 
+_EXPECTED: Expected | None = None
+
+
 def _decode_chunk(task: tuple[Path, int, list[Path], int]) -> tuple[int, list[bytes]]:
     path, start, paths, size = task
+    expected = _EXPECTED
     out = np.load(path, mmap_mode="r+")
     hashes = []
     for i, p in enumerate(paths):
-        out[start + i] = image = decode(p, size)
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise ImageDecodeError(f"{p}: cannot read image ({e})") from None
+        if expected is not None:
+            expected.check(p, data)
+        out[start + i] = image = decode(stdio.BytesIO(data), size, name=p)
         hashes.append(hashlib.blake2b(image.tobytes(), digest_size=16).digest())
     out.flush()
     return start, hashes
 
 
-def decode(path: Path, size: int) -> np.ndarray:
-    """Fully decode one image to RGB uint8 of side `size` (grayscale, CMYK, palettes: RGB)."""
+def decode(source: Path | BinaryIO, size: int, name: Path | None = None) -> np.ndarray:
+    """Fully decode one image (a path, or its bytes as a file; `name` names it in errors) to RGB
+    uint8 of side `size` (grayscale, CMYK, palettes: RGB)."""
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()  # a full decode: Image.verify() would not notice a truncated JPEG
             rgb = im.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageDecodeError(f"{path}: cannot decode image ({e})") from None
+        raise ImageDecodeError(f"{name or source}: cannot decode image ({e})") from None
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(rgb)

@@ -47,8 +47,9 @@ def compute(train_x: str | Path) -> dict:
 
 
 def write(data: str | Path, out: str | Path) -> dict:
-    """stats.json of the prepared folder `data` (results/data/prepared)."""
-    manifest.read(data)
+    """stats.json of the prepared folder `data` (results/data/prepared): a record (its own
+    digest inside, ladder.io.write_record) that training checks before using it."""
+    manifest.verify(data, ["train_x.npy"])
     stats = compute(Path(data) / "train_x.npy")
-    io.write_json(out, stats)
+    io.write_record(out, stats)
     return stats

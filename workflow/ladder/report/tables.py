@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ladder import config, io, predictions
+from ladder import config, digest, io, manifest, predictions, provenance, stages
 from ladder.report import significance
 
 # The columns the report reads; training writes more.
@@ -165,9 +165,15 @@ def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
         return frame[columns].astype(float).astype({"epoch": int})
 
 
+# The prepared files the report reads (labels, class names, a few train images), and the files
+# of a run it reads that the checkpoints' manifest vouches for.
+DATA_FILES = ("val_y.npy", "test_y.npy", "classes.json", "train_x.npy")
+RUN_TABLES = ("history.csv", "steps.csv")
+
+
 def read_selection(path: str | Path) -> list[str]:
     path = Path(path)
-    names = io.read_json(path)
+    names = provenance.read_record(path)
     with _reading(path):
         names = names["experiments"]
         if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
@@ -365,10 +371,22 @@ def read_runs(
     )
 
 
+def _check_evaluated_with(evals: Path, settings: Path) -> None:
+    """The evaluations were made with the settings file the report shows (what the eval folder
+    records of its making, ladder.manifest.made_with), not with an earlier version of it."""
+    made = {k: v for k, v in manifest.made_with(evals).items() if Path(k).name == settings.name}
+    now = digest.file_digest(settings)
+    if made and now not in made.values():
+        raise ValueError(
+            f"{evals}: evaluated with other settings than {settings} now holds; "
+            f"{stages.regenerate(evals / 'MANIFEST.json')}"
+        )
+
+
 def _read_experiment(name: str, configs: Path, run: Path, labels: dict[str, np.ndarray]) -> tuple:
-    train = io.read_json(configs / "train.json")
-    tta = io.read_json(configs / "evaluate.json")
-    report = io.read_json(configs / "report.json")
+    train = provenance.read_record(configs / "train.json")
+    tta = provenance.read_record(configs / "evaluate.json")
+    report = provenance.read_record(configs / "report.json")
     with _reading(configs / "report.json"):
         meta = {
             "base": report["base"] or "",
@@ -376,7 +394,7 @@ def _read_experiment(name: str, configs: Path, run: Path, labels: dict[str, np.n
             "replicate_of": report["replicate_of"] or "",
             **_reference(report),
         }
-    run_config = io.read_json(run / "config.json")
+    run_config = provenance.read_record(run / "config.json")
     with _reading(run / "config.json"):
         if run_config["settings"] != train:
             raise ValueError(
@@ -385,6 +403,7 @@ def _read_experiment(name: str, configs: Path, run: Path, labels: dict[str, np.n
         epochs = sorted(int(e) for e in run_config["checkpoint_epochs"])
         if not epochs:
             raise ValueError(f"{run / 'config.json'}: no checkpoint_epochs")
+    _check_evaluated_with(run / "eval", configs / "evaluate.json")
 
     history = _read_csv(run / "history.csv", HISTORY_COLUMNS)
     missing = sorted(set(epochs) - set(history["epoch"]))
@@ -697,15 +716,10 @@ def csv_safe(text: str) -> str:
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:
-    """Accuracies (and deltas) to 2 decimals, losses to 4, p-values to 3 significant digits (a
-    p-value of 1e-12 is not 0); missing values as empty cells; text cells made `csv_safe`
-    (numbers stay numbers: DVC plots and pandas read them)."""
-    table = map_text(table, csv_safe)
-    floats = table.select_dtypes(float).columns
-    for column in (c for c in floats if c.startswith("p_")):
-        table[column] = [float(f"{p:.3g}") for p in table[column]]
-    decimals = {c: 4 if c.endswith("_loss") else 2 for c in floats if not c.startswith("p_")}
-    table.round(decimals).to_csv(path, index=False, lineterminator="\n")
+    """Every number at full precision (these tables are for programs: DVC plots, pandas; a
+    learning rate of 3e-5 is not 0.0), missing values as empty cells, text cells made
+    `csv_safe` (numbers stay numbers)."""
+    map_text(table, csv_safe).to_csv(path, index=False, lineterminator="\n")
 
 
 # ----------------------------------------------------------------------------------------------
