@@ -1,7 +1,13 @@
 # Experiment ladder for small-image classification: download -> prepare -> stats -> train ->
 # evaluate -> report. Settings live in params.yaml; the stages (commands, inputs, outputs, code)
 # in workflow/ladder/stages.py, which these rules read and dvc.yaml is generated from.
+import sys
+
 from snakemake.utils import min_version
+
+# This workspace's own ladder package, whatever the virtualenv's install points at (the jobs'
+# `ladder` command does the same: workflow/ladder/launch.py).
+sys.path.insert(0, f"{workflow.basedir}/workflow")
 
 from ladder import config as ladder_config
 

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 
 import pytest
-import torch
 from conftest import REPO, Project, make_tinyimagenet_zip, md5, serving
 from ladder import stages, workspace
 
@@ -54,10 +53,15 @@ def train_eval(*names: str) -> set[str]:
 # Each engine's view
 
 
+LAST_PLAN: list[str] = [""]  # the last dry run's output, for failure messages
+
+
 def snakemake_plan(project: Project) -> tuple[set[str], set[str]]:
     """(every job `snakemake -n report` would run, the jobs it would run for a reason of their
     own rather than because a job before them runs), as DVC stage names."""
-    out = project.snakemake("report", "-n").stdout
+    done = project.snakemake("report", "-n")
+    out = done.stdout
+    LAST_PLAN[0] = done.stderr[-1500:] + out[-3000:]
     planned, direct = set(), set()
     for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", out):
         m = re.match(r"(?:local)?rule (\w+):\n", block)
@@ -73,9 +77,11 @@ def snakemake_plan(project: Project) -> tuple[set[str], set[str]]:
 
 
 def dvc_changed(project: Project) -> set[str]:
-    """Stages `dvc status` finds changed (deps, outputs, or not yet in dvc.lock); configure is
-    left out: it reruns on any params edit and writes only what changed (the other stages'
-    view says what that was)."""
+    """Stages `dvc status` finds changed (deps, outputs, or not yet in dvc.lock), once DVC's
+    `configure` has written the settings params.yaml resolves to (DVC cannot know which stages
+    an edit reaches before that); configure itself is left out: it reruns on any params edit
+    and writes only what changed (the other stages' view says what that was)."""
+    project.run("dvc", "repro", "--single-item", "configure")
     status = json.loads(project.run("dvc", "status", "--json").stdout or "{}")
     return set(status) - {"configure"}
 
@@ -138,11 +144,9 @@ def project(tmp_path_factory, archives) -> Project:
     project.run("git", "init", "-q")
     project.run("dvc", "init", "-q")
     shutil.copy2(REPO / ".dvc" / "config", project.path(".dvc/config"))  # the shipped cache links
-    # On the CPU a model's weights depend on how many threads computed them (the order of its
-    # parallel sums): Snakemake gives training half of --cores, DVC's stage commands all cores.
-    # The same threads here, so that both engines' bytes can be compared.
-    threads = torch.get_num_threads()
-    project.snakemake("report", "--set-threads", f"train={threads}", f"evaluate={threads}")
+    # Nothing pins the threads: both engines give a job LADDER_THREADS (ladder.devices), so the
+    # same params give the same weights whichever engine trains them.
+    project.snakemake("report")
     return project
 
 
@@ -170,7 +174,7 @@ def test_dvc_commit_refuses_results_that_are_not_up_to_date(project):
     refused = project.run("ladder", "dvc-commit", check=False)
     assert refused.returncode == 1
     assert "params.yaml changed since Snakemake last ran" in refused.stderr
-    snakemake_plan(project)  # a dry run: the settings are current, the results are not
+    dvc_changed(project)  # DVC's configure ran: the settings are current, the results are not
     refused = project.run("ladder", "dvc-commit", check=False)
     assert refused.returncode == 1
     assert "Snakemake still has work to do" in refused.stderr
@@ -181,17 +185,25 @@ def test_dvc_commit_refuses_results_that_are_not_up_to_date(project):
 
 
 def test_dvc_reproduces_snakemake_s_bytes(project):
-    files = ["results/data/prepared.manifest.json", "results/experiments/root/checkpoints"]
+    # Every byte of the prepared data and of the weights (their manifests inside say what made
+    # them, by digest, timings included: not compared).
+    files = [
+        stages.PREPARED,
+        stages.manifest(stages.PREPARED),
+        "results/experiments/root/checkpoints",
+        stages.manifest("results/experiments/root/checkpoints"),
+    ]
 
     def digests() -> dict[str, str]:
         out = {}
         for name in files:
             for p in sorted(project.path(name).rglob("*")) or [project.path(name)]:
-                if p.is_file() and p.name != ".snakemake_timestamp":
+                if p.is_file() and p.name not in (".snakemake_timestamp", "MANIFEST.json"):
                     out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
         return out
 
     by_snakemake = digests()
+    shutil.rmtree(project.path("results/resume/root"))  # trained anew, not the finished run again
     project.run("dvc", "repro", "--force", "--single-item", "prepare", "train@root")
     assert digests() == by_snakemake
     # The same data and weights: nothing downstream reruns but the report, which shows the new
@@ -283,11 +295,10 @@ def downstream(names: set[str], experiments) -> set[str]:
 def check_plans(project: Project, expected: set[str]) -> None:
     """DVC finds exactly `expected` changed; Snakemake plans those and everything after them,
     running for a reason of their own (not only because a job before them runs) at most those."""
-    # Snakemake first: its dry run writes the settings files that DVC then reads as changed.
     planned, direct = snakemake_plan(project)
     assert dvc_changed(project) == expected
-    assert direct <= expected
-    assert planned == downstream(expected, project.params["experiments"])
+    assert direct <= expected, LAST_PLAN[0]
+    assert planned == downstream(expected, project.params["experiments"]), LAST_PLAN[0]
 
 
 @pytest.mark.parametrize("key", MATRIX)
@@ -366,13 +377,18 @@ def background(project: Project, *cmd: str) -> subprocess.Popen:
 def test_dvc_started_while_snakemake_runs_stops_and_loses_nothing(project):
     edit(project, exp("other", seed=2))
     with background(project, "snakemake", "--cores", "1", "report") as snakemake:
-        # Held from Snakemake's start of execution to its end (three jobs here: seconds).
-        lock = project.path(workspace.SNAKEMAKE_LOCK)
-        wait_until(lambda: workspace.is_locked(lock), "Snakemake executing", snakemake)
+        # Held from before Snakemake writes anything to its end (three jobs here: seconds).
+        lock = project.path(workspace.DVC_LOCK)
+        wait_until(lambda: workspace.is_locked(lock) and workspace._held_by_snakemake(lock),
+                   "Snakemake holding DVC's lock", snakemake)  # fmt: skip
         refused = project.run("dvc", "repro", check=False)
+        holder = json.loads(project.path(workspace.DVC_LOCK).read_text())
         assert snakemake.wait() == 0, snakemake.stdout.read()
     assert refused.returncode != 0
-    assert "Snakemake is running in this workspace" in refused.stdout + refused.stderr
+    # DVC's repository lock is Snakemake's while it runs, and the lock file says so.
+    assert "Unable to acquire lock" in refused.stdout + refused.stderr
+    assert holder["engine"] == "snakemake"
+    assert "Running stage" not in refused.stdout  # refused before any stage started
     assert snakemake_plan(project)[0] == set()  # Snakemake's results are whole
     project.run("ladder", "dvc-commit")
     nothing_to_do(project)

@@ -94,7 +94,11 @@ def wait_for(proc: subprocess.Popen, condition: Callable[[], bool], what: str) -
 def first_epoch_done(project: Project, exp: str) -> bool:
     """Whether a training run of `exp` has saved (and logged) its first epoch."""
     logs = project.path(f"results/resume/{exp}").glob("*/train.log")
-    return any(f"{exp} epoch 1/" in log.read_text() for log in logs)
+    return any(
+        f"{exp} epoch 1/" in log.read_text()
+        for log in logs
+        if not (log.parent / stages.FINISHED).exists()  # a finished run's, kept for reruns
+    )
 
 
 def looks_finished(project: Project, exp: str) -> list[str]:
@@ -289,23 +293,48 @@ def _digests(project: Project) -> dict[str, str]:
 # Damaged files
 
 
-def test_a_damaged_checkpoint_is_refused_and_retrained(project):
-    # Truncated here; code-carrying pickles and random bytes: tests/test_evaluate.py. Any change
-    # after training is caught by the manifest before torch.load sees the file.
+def test_a_truncated_checkpoint_is_found_before_it_is_read_and_retrained(project):
     checkpoint = project.path("results/experiments/root/checkpoints/epoch_001.pt")
+    weights = checkpoint.read_bytes()
+    # In a workspace the finished run's resume folder holds the same file (a link); the copy
+    # made for this test holds two: cut both short.
+    (kept,) = project.path("results/resume/root").glob(f"*/checkpoints/{checkpoint.name}")
+    for path in (checkpoint, kept):
+        path.chmod(0o644)
+        path.write_bytes(weights[:100])
+    run = project.snakemake("report", expected=40)
+    assert "epoch_001.pt: changed since" in run.stderr  # as Snakemake plans, before any job
+    log = project.path("logs/train/root.log").read_text()
+    assert "not using the finished run" in log
+    assert checkpoint.read_bytes() == weights  # the same weights again (on the CPU)
+    assert up_to_date(project)
+
+
+def test_a_checkpoint_damaged_in_place_is_refused_where_it_is_read(project):
+    # Same size, same timestamp: no engine sees it, evaluation does (its manifest's digest),
+    # before torch.load sees the file. Code-carrying pickles and random bytes:
+    # tests/test_evaluate.py.
+    checkpoint = project.path("results/experiments/root/checkpoints/epoch_001.pt")
+    st = checkpoint.stat()
+    data = bytearray(checkpoint.read_bytes())
+    data[len(data) // 2] ^= 0xFF
     checkpoint.chmod(0o644)
-    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    checkpoint.write_bytes(bytes(data))
+    os.utime(checkpoint, ns=(st.st_atime_ns, st.st_mtime_ns))
     edit(project, lambda p: p.update(tta={"seed": 1}))  # evaluation reruns, reading it
     failed = project.snakemake("report", check=False, expected=30)
     assert failed.returncode != 0
     log = project.path("logs/evaluate/root.log").read_text()
-    assert f"{checkpoint.relative_to(project.root)}: changed since" in log
+    assert f"{checkpoint.relative_to(project.root)}: content differs" in log
     assert "Traceback" not in log
-    # The README's recovery: rerun the training that writes it.
-    project.snakemake(
-        "report", "--forcerun", "results/experiments/root/checkpoints.manifest.json", expected=40
+    # The recovery the message names, as written: the training that writes it, alone.
+    command = re.search(r"regenerate it with `(snakemake [^`]+)`", log).group(1)
+    assert command == (
+        "snakemake results/experiments/root/checkpoints.manifest.json --forcerun train --cores 1"
     )
-    manifest.read(checkpoint.parent)
+    project.run(*command.split(), expected=40)
+    manifest.verify(checkpoint.parent, [checkpoint.name])
+    project.snakemake("report", expected=40)
     assert up_to_date(project)
 
 

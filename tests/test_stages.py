@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, Project
-from ladder import stages
+from ladder import snakefile, stages
 
 EXPERIMENTS = {
     "small": {
@@ -81,7 +81,11 @@ def dvc_disagreements(project: Project) -> list[str]:
             name = f"{stage.name}@{exp}" if exp else stage.name
             want = expected_job(stage, exp, [])
             want["inputs"] = sorted(
-                [*want["inputs"], *{p.split("/{exp}")[0] for p in stage.each_experiment}]
+                [
+                    *want["inputs"],
+                    *{p.split("/{exp}")[0] for p in stage.each_experiment},
+                    *stage.dvc_deps,  # what DVC reads that Snakemake checks another way
+                ]
             )
             got = found.pop(name, None)
             if got != want:
@@ -119,6 +123,13 @@ def test_an_edited_dvc_yaml_is_caught(tmp_path):
 # Snakemake
 
 
+def planned(path: str) -> str:
+    """A dry run reads settings files that would change from its overlay (ladder.snakefile):
+    the path a run would read instead."""
+    overlay = re.escape(snakefile.OVERLAY.as_posix())
+    return re.sub(rf"^{overlay}/[^/]+/configs/", f"{stages.CONFIGS}/", path)
+
+
 def snakemake_jobs(project: Project) -> list[dict]:
     """Every job of `snakemake -n -p --forceall report`: rule, wildcards, files and command."""
     out = project.snakemake("report", "-n", "-p", "--forceall").stdout
@@ -130,7 +141,7 @@ def snakemake_jobs(project: Project) -> list[dict]:
         elif job is None:
             continue
         elif m := re.match(r"^    (input|output): (.*)$", line):
-            job[f"{m.group(1)}s"] = sorted(v.strip() for v in m.group(2).split(", "))
+            job[f"{m.group(1)}s"] = sorted(planned(v.strip()) for v in m.group(2).split(", "))
         elif m := re.match(r"^    wildcards: exp=(\S+)$", line):
             job["exp"] = m.group(1)
         elif line.startswith("Shell command: "):
@@ -176,8 +187,8 @@ MUTATIONS = {
     ),
     "an input": (
         "evaluate.smk",
-        '**stage_inputs("evaluate"),',
-        '**stage_inputs("evaluate"),\n        extra="results/data/stats.json",',
+        'unpack(stage_inputs("evaluate")),',
+        'unpack(stage_inputs("evaluate")),\n        extra="results/data/stats.json",',
     ),
     "an output": (
         "data.smk",
@@ -211,6 +222,8 @@ def test_a_rule_edited_by_hand_is_caught(tmp_path, what):
 PLUMBING = {
     "ladder/io.py": "atomic writes",
     "ladder/manifest.py": "folder manifests (their digests follow the content)",
+    "ladder/digest.py": "content digests (they follow the content)",
+    "ladder/provenance.py": "the check that a job's inputs did not change under it",
     "ladder/devices.py": "which GPU a job uses",
     "ladder/workspace.py": "locks",
     "ladder/progress.py": "progress log lines",

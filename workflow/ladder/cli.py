@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ladder import devices, stages, workspace
+from ladder import __version__, devices, provenance, stages, workspace
 
 log = logging.getLogger("ladder")
 
@@ -31,10 +31,12 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
 
 def _configure(args: argparse.Namespace) -> None:
     from ladder import config
+    from ladder.data import sources_on_disk
 
     params = config.load(args.params)
-    config.check_runnable(params, stages.PREPARED, args.out_dir)
+    config.check_runnable(params)
     written = config.write_settings(params, args.out_dir)
+    sources_on_disk.write_links(params.download_settings(), args.sources)
     log.info("%d settings file(s) changed in %s", len(written), args.out_dir)
 
 
@@ -45,9 +47,10 @@ def _dvc_yaml(args: argparse.Namespace) -> None:
 def _check(args: argparse.Namespace) -> None:
     from ladder import config
 
-    params = config.load(args.params)
-    config.check_runnable(params, args.data, args.configs)
-    log.info("%s: %d experiment(s), valid", args.params, len(params.experiments))
+    path = args.file or args.params  # `ladder check FILE` or, as status and plan, --params FILE
+    params = config.load(path)
+    config.check_runnable(params, args.root)
+    log.info("%s: %d experiment(s), valid", path, len(params.experiments))
 
 
 def _dvc_commit(args: argparse.Namespace) -> None:
@@ -57,17 +60,15 @@ def _dvc_commit(args: argparse.Namespace) -> None:
 
 
 def _download(args: argparse.Namespace) -> None:
-    from ladder import io
     from ladder.data.download import download
 
-    download(io.read_json(args.settings), args.out, retries=args.retries)
+    download(provenance.read_record(args.settings), args.out, retries=args.retries)
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from ladder import io
     from ladder.data.prepare import prepare
 
-    prepare(args.raw, args.out, io.read_json(args.settings), workers=args.workers)
+    prepare(args.raw, args.out, provenance.read_record(args.settings), workers=args.workers)
 
 
 def _stats(args: argparse.Namespace) -> None:
@@ -77,16 +78,14 @@ def _stats(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from ladder import io
-
-    settings = io.read_json(args.settings)
+    settings = provenance.read_record(args.settings)
     with devices.job_device(args.device, args.jobs_per_gpu, args.lease_dir) as device:
         from ladder.train import Runtime, train  # after the lease: CUDA must see only that GPU
 
         runtime = Runtime(
             device=device,
             compile_mode=args.compile,
-            threads=args.threads,
+            threads=args.threads or devices.threads(),
             progress_bar=not args.no_progress,
             progress_seconds=args.progress_seconds,
             resume_root=args.resume_dir,
@@ -96,13 +95,12 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from ladder import io
-
-    tta = io.read_json(args.settings)
+    tta = provenance.read_record(args.settings)
     with devices.job_device(args.device, args.jobs_per_gpu, args.lease_dir) as device:
         from ladder.evaluate import evaluate_run
 
-        evaluate_run(args.run, tta, args.data, args.cache_dir, device=device, threads=args.threads)
+        threads = args.threads or devices.threads()
+        evaluate_run(args.run, tta, args.data, args.cache_dir, device=device, threads=threads)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -114,6 +112,7 @@ def _report(args: argparse.Namespace) -> None:
         runs=args.runs,
         data=args.data,
         out=args.out,
+        last=args.last,
     )
 
 
@@ -146,25 +145,38 @@ def _status(args: argparse.Namespace) -> None:
     sys.stdout.write(text + "\n")
 
 
+class _Version(argparse.Action):
+    """--version, printed as is (argparse's own action wraps long lines)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"ladder {__version__} ({Path(__file__).resolve().parent})")
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ladder", description=__doc__.splitlines()[0])
     p.add_argument("--log", type=Path, help="also write the log to this file")
+    p.add_argument(
+        "--version",
+        action=_Version,
+        nargs=0,
+        help="the version, and where its code is (the workspace's own: ladder.launch)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("configure", help="write the resolved settings files each stage reads")
     c.add_argument("--params", type=Path, required=True, help="params.yaml to resolve")
     c.add_argument("--out-dir", type=Path, required=True, help="results/configs")
+    c.add_argument("--sources", type=Path, required=True, help="results/data/source: links for DVC")
     c.set_defaults(func=_configure)
 
     ch = sub.add_parser(
         "check", help="validate a params file (syntax, keys, inheritance, batch vs data) and stop"
     )
-    ch.add_argument("params", type=Path, nargs="?", default=Path(stages.PARAMS))
+    ch.add_argument("file", type=Path, nargs="?", help="the params file (or --params)")
+    ch.add_argument("--params", type=Path, default=Path(stages.PARAMS), help="params.yaml")
     ch.add_argument(
-        "--data", type=Path, default=Path(stages.PREPARED), help="prepared data, if any"
-    )
-    ch.add_argument(
-        "--configs", type=Path, default=Path(stages.CONFIGS), help="the settings that made them"
+        "--root", type=Path, default=Path(), help="the project whose prepared data to check"
     )
     ch.set_defaults(func=_check)
 
@@ -204,7 +216,13 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("LADDER_DEVICE", "auto"),
         help="auto (CUDA when present), cpu, cuda or cuda:N [env LADDER_DEVICE]",
     )
-    runtime.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    runtime.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"CPU threads for torch [env {devices.THREADS_ENV}, default "
+        f"{devices.DEFAULT_THREADS}]",
+    )
     runtime.add_argument(
         "--jobs-per-gpu",
         type=int,
@@ -271,6 +289,12 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--runs", type=Path, required=True, help="results/experiments")
     rep.add_argument("--data", type=Path, required=True, help="results/data/prepared")
     rep.add_argument("--out", type=Path, required=True, help="results/report")
+    rep.add_argument(
+        "--last",
+        type=Path,
+        default=Path(stages.CACHE) / "report",
+        help="a copy of the last complete report, put back while a new one is built",
+    )
     rep.set_defaults(func=_report)
 
     # Read-only views for people, run from the project root: no engine, nothing written.
@@ -341,7 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if stage:
             workspace.check_engine()
-        args.func(args)
+            with provenance.job():
+                args.func(args)
+        else:
+            args.func(args)
     except EXPECTED_ERRORS as e:
         if os.environ.get("LADDER_DEBUG"):
             log.exception("ladder %s failed", args.command)

@@ -24,7 +24,7 @@ import jsonschema
 import numpy as np
 import yaml
 
-from ladder import io
+from ladder import digest, io, manifest
 from ladder.augment_registry import OPS
 from ladder.data.registry import SOURCES
 from ladder.model_registry import MODELS
@@ -107,7 +107,7 @@ def expected_errors_exit() -> Iterator[None]:
     engine at work) prints its message alone and exits 1, instead of Snakemake's traceback."""
     try:
         yield
-    except (ConfigError, RuntimeError, OSError) as e:
+    except (ValueError, RuntimeError, OSError) as e:  # ConfigError is a ValueError
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
 
@@ -256,6 +256,8 @@ class Params:
     def from_dict(cls, raw: Mapping, source: str = "params.yaml") -> Params:
         raw = json.loads(json.dumps(raw))  # plain dicts/lists (Snakemake hands in OrderedDicts)
         top = schema()
+        if isinstance(raw.get("experiments"), dict):
+            _check_names(raw["experiments"], source)
         _validate(raw, {k: v for k, v in top.items() if k != "$defs"}, source)
         dataset = deep_merge(defaults(top["properties"]["dataset"]), raw.get("dataset", {}))
         tta = deep_merge(defaults(top["properties"]["tta"]), raw.get("tta", {}))
@@ -308,6 +310,36 @@ class Params:
     def descendants(self, name: str) -> list[str]:
         """Experiments whose settings inherit from `name` (itself included)."""
         return [n for n, e in self.experiments.items() if name in e.chain]
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+LOCK_SUFFIX = ".lock"  # results/resume/<exp>.lock is experiment <exp>'s training lock
+
+
+def _check_names(experiments: Mapping, source: str) -> None:
+    """Experiment names become file and folder names (results/experiments/<exp>, logs/train/
+    <exp>.log, results/resume/<exp>.lock): refuse those that cannot be one, or would be
+    another's, before anything runs. The schema says the same; this says it clearly, and sees
+    a trailing line break (JSON Schema's `$` lets one through)."""
+    seen: dict[str, str] = {}
+    for name in experiments:
+        where = f"{source}: experiments: {json.dumps(name)}"
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise ConfigError(
+                f"{where}: not a valid experiment name (a letter or digit, then letters, "
+                "digits, '_', '.' or '-', at most 200 characters): names become file names"
+            )
+        if name.endswith(LOCK_SUFFIX):
+            raise ConfigError(
+                f"{where}: a name may not end in {LOCK_SUFFIX!r} (results/resume/"
+                f"{name} is the training lock of experiment {name[: -len(LOCK_SUFFIX)]!r})"
+            )
+        other = seen.setdefault(name.lower(), name)
+        if other != name:
+            raise ConfigError(
+                f"{where}: differs from {other!r} only in case; on file systems that ignore "
+                "case (macOS, Windows) both would share one folder: rename one"
+            )
 
 
 def _suggest(word: str, choices) -> str:
@@ -523,27 +555,47 @@ def _values(values) -> str:
     return ", ".join(map(str, values))
 
 
-def check_runnable(params: Params, prepared: str | Path, configs: str | Path) -> None:
+def settings_digest(content: dict) -> str:
+    """The digest of a settings file with this content, as `write_settings` writes it."""
+    return digest.bytes_digest(io.record_text(content).encode())
+
+
+def prepared_is_current(params: Params, root: str | Path = ".") -> bool:
+    """Whether the prepared data under `root` were made from what `params` resolves to now.
+    Read from what the raw and prepared folders record of their making (ladder.manifest.
+    made_with, by the paths the engines use), never from the settings files: a run writes those
+    before `prepare` has run on them."""
+    from ladder import stages
+
+    root = Path(root)
+    raw_manifest = stages.manifest(stages.RAW)
+    try:
+        raw_now = digest.file_digest(root / raw_manifest)
+    except FileNotFoundError:
+        return False
+    made = {**manifest.made_with(root / stages.RAW), **manifest.made_with(root / stages.PREPARED)}
+    wanted = {
+        f"{stages.CONFIGS}/download.json": settings_digest(params.download_settings()),
+        f"{stages.CONFIGS}/prepare.json": settings_digest(params.prepare_settings()),
+        raw_manifest: raw_now,
+    }
+    return all(made.get(key) == value for key, value in wanted.items())
+
+
+def check_runnable(params: Params, root: str | Path = ".") -> None:
     """What only a run needs, checked before anything runs: at least one experiment, and batch
     sizes the train split can fill. The split's size is known once `prepare` has run; it is
-    used only while the prepared data are still what params.yaml asks for (the settings files
-    in `configs` that made them are unchanged), so the check never reads stale data."""
+    used only while the prepared data are what params.yaml asks for, so the check never reads
+    another dataset's split."""
+    from ladder import stages
+
     if not params.experiments:
         raise ConfigError(
             f"{params.source}: experiments: none defined; add at least one "
             "(params.yaml shows the shape: a name, and the settings it changes)"
         )
-    labels = Path(prepared) / "train_y.npy"
-    made_by = {
-        name: Path(configs) / name for name in ("download.json", "prepare.json")
-    }  # fmt: skip
-    current = {
-        "download.json": params.download_settings(),
-        "prepare.json": params.prepare_settings(),
-    }
-    if not labels.exists() or any(
-        not path.exists() or io.read_json(path) != current[name] for name, path in made_by.items()
-    ):
+    labels = Path(root) / stages.PREPARED / "train_y.npy"
+    if not labels.exists() or not prepared_is_current(params, root):
         return
     images = len(np.load(labels, mmap_mode="r"))
     for name, exp in params.experiments.items():
@@ -565,7 +617,7 @@ def write_settings(params: Params, out_dir: str | Path) -> list[Path]:
     written = []
     for rel, content in files.items():
         path = out_dir / rel
-        if io.write_json_if_changed(path, content):
+        if io.write_if_changed(path, io.record_text(content)):
             written.append(path)
     if out_dir.is_dir():
         for path in sorted(out_dir.rglob("*"), reverse=True):  # files before their folders

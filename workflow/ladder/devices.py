@@ -30,6 +30,24 @@ DEFAULT_LEASE_DIR = Path(
 )
 
 
+# CPU threads of a training or evaluation job. On the CPU the weights depend on it (torch sums in
+# parallel, in another order with another count), so it is one setting that both engines read,
+# not each engine's share of the cores: the same params give the same bytes under Snakemake and
+# DVC, whatever --cores says. It changes nothing an experiment means, so it is not in params.yaml.
+THREADS_ENV = "LADDER_THREADS"
+DEFAULT_THREADS = 1  # small models on small images use more threads poorly; jobs run side by side
+
+
+def threads() -> int:
+    """LADDER_THREADS, or the default."""
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return DEFAULT_THREADS
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{THREADS_ENV}={text!r}: not a whole number of threads >= 1")
+    return int(text)
+
+
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (indices or UUIDs);
     found without importing torch, which is slow to load and must not touch CUDA before a

@@ -44,7 +44,7 @@ def _settings_differ(params: config.Params, configs: Path) -> list[str]:
     present = {p.relative_to(configs).as_posix() for p in configs.rglob("*.json") if p.is_file()}
     wrong = sorted(present ^ set(expected))
     for rel in sorted(set(expected) & present):
-        if io.read_json(configs / rel) != expected[rel]:
+        if (configs / rel).read_text() != io.record_text(expected[rel]):
             wrong.append(rel)
     return wrong
 
@@ -79,7 +79,8 @@ def check_snakemake_done(root: Path, params: config.Params) -> None:
         raise NotInSyncError(
             "Snakemake still has work to do for what DVC builds (the report, and every "
             "experiment in params.yaml, selected by `run:` or not): run it first "
-            f"(`snakemake report {' '.join(evaluations)}`). Its plan:\n  " + "\n  ".join(table)
+            f"(`snakemake report {' '.join(evaluations)} --cores 1`). Its plan:\n  "
+            + "\n  ".join(table)
         )
 
 
@@ -93,8 +94,8 @@ def dvc_commit(root: str | Path = ".", params_file: str = stages.PARAMS) -> None
         raise NotInSyncError(
             f"{root / stages.CONFIGS} does not hold {params_file} resolved ({', '.join(wrong[:5])}"
             f"{', ...' if len(wrong) > 5 else ''}): {params_file} changed since Snakemake last "
-            "ran, or Snakemake ran with another config (--configfile). Run `snakemake report` "
-            "first"
+            "ran, or Snakemake ran with another config (--configfile). Run "
+            "`snakemake report --cores 1` first"
         )
     check_snakemake_done(root, params)
     log.info("Snakemake's results are up to date with %s; recording them in dvc.lock", params_file)
@@ -140,9 +141,24 @@ def _looks_outdated(inputs: list[Path], outputs: list[Path]) -> bool:
     return bool(in_times) and max(in_times) > min(out_times)
 
 
-def adopt_dvc_results(selected, root: str | Path = ".") -> list[str]:
+def _settings_only(changes: list) -> bool:
+    """Whether DVC finds a stage changed in its settings files alone: a plan decides about those
+    by content itself (ladder.snakefile), and they may hold another params' resolution until a
+    run writes them, while the stage's results are still DVC's."""
+    settings = f"{stages.CONFIGS}/", stages.CONFIGS
+    return all(
+        isinstance(change, dict)
+        and set(change) == {"changed deps"}
+        and all(path.startswith(settings) for path in change["changed deps"])
+        for change in changes
+    )
+
+
+def adopt_dvc_results(selected, root: str | Path = ".", dvc_lock_held: bool = False) -> list[str]:
     """Give the outputs of stages DVC vouches for timestamps that say so (see the module doc);
-    return those stages. Costs a few stat calls when nothing looks outdated."""
+    return those stages. Costs a few stat calls when nothing looks outdated. `dvc_lock_held`:
+    this process holds DVC's repository lock already (ladder.workspace.hold_dvc), so DVC is
+    asked without taking it again."""
     root = Path(root)
     lock_file = root / "dvc.lock"
     if not (root / ".dvc").is_dir() or not lock_file.exists():
@@ -156,7 +172,11 @@ def adopt_dvc_results(selected, root: str | Path = ".") -> list[str]:
 
     try:
         with Repo(str(root)) as repo:
-            changed = set(repo.status())
+            if dvc_lock_held:
+                from dvc.lock import LockNoop
+
+                repo.lock = LockNoop()  # ours already: a second flock would wait for us
+            changed = {name for name, found in repo.status().items() if not _settings_only(found)}
     except DvcException as e:  # DVC cannot tell now: Snakemake goes by timestamps alone
         log.warning("could not ask DVC which results are up to date (%s)", e)
         return []

@@ -40,12 +40,14 @@ PARAMS = "params.yaml"
 SCHEMA = "workflow/schemas/params.schema.yaml"
 CONFIGS = "results/configs"
 RAW = "results/data/raw"
+SOURCE = "results/data/source"  # links to a folder dataset's folders (ladder.data.sources_on_disk)
 PREPARED = "results/data/prepared"
 STATS = "results/data/stats.json"
 RUNS = "results/experiments"
 RUN = f"{RUNS}/{{exp}}"
 REPORT = "results/report"
 RESUME = "results/resume"  # training state, outside every declared output
+FINISHED = "finished.json"  # in a resume folder: its run ended (what repeats its outputs)
 FAILED = "results/failed"  # a diverged run's last good checkpoints, for its user
 CACHE = "results/cache"  # evaluations by content (checkpoint, settings, data), outside outputs
 LOGS = "logs"
@@ -78,6 +80,11 @@ class Out:
     folder: bool = False  # a folder rather than a file
     manifest: bool = True  # a folder's manifest beside it (for folders other stages read)
     dvc: str = "outs"  # outs | metrics: how DVC shows it (plots: PLOTS, below the table)
+    record: bool = False  # a JSON record that carries its own digest (ladder.io.write_record)
+    cache: bool = True  # DVC caches it (links to a user's folders it must not)
+    # It records what its job read, by digest ({"made_with": ...}; a folder's inner manifest
+    # does the same), so that a plan can tell which results other settings made.
+    provenance: bool = False
 
     @property
     def paths(self) -> list[str]:
@@ -98,8 +105,12 @@ class Stage:
     each_experiment: tuple[str, ...] = ()
     threads: int = 1  # most cores a job can use (Snakemake caps it at --cores)
     threads_arg: str = ""  # the option that passes Snakemake's thread count on
-    gpu: bool = False  # a job holds a GPU when the host has one
+    # A job holds a GPU when the host has one; its torch threads are LADDER_THREADS in both
+    # engines (ladder.devices.threads), never a share of Snakemake's --cores.
+    gpu: bool = False
     params: bool = False  # DVC: depends on the whole params.yaml (only `configure`)
+    # Read by DVC only: Snakemake sees their change another way (ladder.snakefile).
+    dvc_deps: tuple[str, ...] = ()
 
     @property
     def log(self) -> str:
@@ -124,18 +135,32 @@ STAGES: dict[str, Stage] = {
     for s in [
         Stage(
             name="configure",
-            cmd=_ladder("configure", f"--params {PARAMS} --out-dir {CONFIGS}"),
+            cmd=_ladder("configure", f"--params {PARAMS} --out-dir {CONFIGS} --sources {SOURCE}"),
             deps={},
-            outs={"configs": Out(CONFIGS, folder=True, manifest=False)},
-            code=(*_code("config.py"), *_REGISTRIES, SCHEMA),
+            outs={
+                "configs": Out(CONFIGS, folder=True, manifest=False),
+                **{
+                    f"source_{key}": Out(
+                        f"{SOURCE}/{key}", folder=True, manifest=False, cache=False
+                    )
+                    for key in ("path", "test_path")
+                },
+            },
+            code=(*_code("config.py", "data/sources_on_disk.py"), *_REGISTRIES, SCHEMA),
             params=True,
         ),
         Stage(
             name="download",
             cmd=_ladder("download", f"--settings {CONFIGS}/download.json --out {RAW}"),
             deps={"settings": f"{CONFIGS}/download.json"},
+            dvc_deps=(f"{SOURCE}/path", f"{SOURCE}/test_path"),
             outs={"raw": Out(RAW, folder=True)},
-            code=_code("data/download.py", "data/archive.py", "data/registry.py"),
+            code=_code(
+                "data/download.py",
+                "data/archive.py",
+                "data/registry.py",
+                "data/sources_on_disk.py",
+            ),
         ),
         Stage(
             name="prepare",
@@ -152,7 +177,7 @@ STAGES: dict[str, Stage] = {
             name="stats",
             cmd=_ladder("stats", f"--data {PREPARED} --out {STATS}"),
             deps={"prepared": manifest(PREPARED)},
-            outs={"stats": Out(STATS)},
+            outs={"stats": Out(STATS, record=True)},
             code=_code("data/stats.py"),
         ),
         Stage(
@@ -169,7 +194,7 @@ STAGES: dict[str, Stage] = {
                 "stats": STATS,
             },
             outs={
-                "config": Out(f"{RUN}/config.json"),
+                "config": Out(f"{RUN}/config.json", record=True),
                 "history": Out(f"{RUN}/history.csv"),
                 "steps": Out(f"{RUN}/steps.csv"),
                 "checkpoints": Out(f"{RUN}/checkpoints", folder=True),
@@ -177,8 +202,6 @@ STAGES: dict[str, Stage] = {
             },
             code=(*_code("train.py", "optim.py"), *_RUN),
             foreach=True,
-            threads=8,
-            threads_arg="--threads",
             gpu=True,
         ),
         Stage(
@@ -197,8 +220,6 @@ STAGES: dict[str, Stage] = {
             outs={"eval": Out(f"{RUN}/eval", folder=True)},
             code=(*_code("evaluate.py", "predictions.py"), *_RUN),
             foreach=True,
-            threads=4,
-            threads_arg="--threads",
             gpu=True,
         ),
         Stage(
@@ -216,6 +237,7 @@ STAGES: dict[str, Stage] = {
                 f"{RUN}/config.json",
                 f"{RUN}/history.csv",
                 f"{RUN}/steps.csv",
+                manifest(f"{RUN}/checkpoints"),  # its inner manifest vouches for the CSV files
                 manifest(f"{RUN}/eval"),
             ),
             outs={
@@ -226,6 +248,7 @@ STAGES: dict[str, Stage] = {
                 "ladder": Out(f"{REPORT}/ladder.csv"),
                 "checkpoints": Out(f"{REPORT}/checkpoints.csv"),
                 "curves": Out(f"{REPORT}/curves.csv"),  # learning curves, for `dvc plots`
+                "provenance": Out(f"{REPORT}/provenance.json", provenance=True),
             },
             code=(
                 *_code(
@@ -318,6 +341,37 @@ def declared_plots() -> list[Plot]:
     return [plot for plot in PLOTS if plot.file in outputs]
 
 
+def writer(path: str | Path) -> tuple[Stage, str | None, str] | None:
+    """(the stage that writes `path`, its experiment, the file that stands for the output) for a
+    path inside a declared output (a folder's file, or a settings file), else None."""
+    path = Path(path).as_posix()
+    for stage in STAGES.values():
+        for out in stage.outs.values():
+            pattern = re.escape(out.path).replace(re.escape("{exp}"), "(?P<exp>[^/]+)")
+            m = re.fullmatch(f"{pattern}(/.+|{re.escape(manifest(''))})?", path)
+            if m:
+                exp = m.groupdict().get("exp")
+                at = out.path.replace("{exp}", exp) if exp else out.path
+                return stage, exp, manifest(at) if out.folder and out.manifest else at
+    return None
+
+
+def regenerate(path: str | Path) -> str:
+    """The commands that rebuild only the output holding `path`, in both engines (the text an
+    error about a damaged file ends with); the jobs after it see the same content and do not
+    rerun."""
+    found = writer(path)
+    if found is None:
+        return "rerun the stage that writes it"
+    stage, exp, target = found
+    dvc_stage = f"{stage.name}@{exp}" if exp else stage.name
+    if stage.name == "configure":  # Snakemake rewrites the settings whenever it runs
+        snakemake = "snakemake report --cores 1"
+    else:
+        snakemake = f"snakemake {target} --forcerun {stage.name} --cores 1"
+    return f"regenerate it with `{snakemake}` (DVC: `dvc repro --force --single-item {dvc_stage}`)"
+
+
 def version(stage: str) -> str:
     """Package version plus a hash of the stage's code: results record the code that made them."""
     from ladder import __version__
@@ -355,7 +409,7 @@ def _common_root(path: str) -> str:
 
 def dvc_stage(stage: Stage) -> dict:
     body: dict = {"cmd": _dvc_path(stage.cmd)}
-    deps = [_dvc_path(p) for p in stage.deps.values()]
+    deps = [_dvc_path(p) for p in (*stage.deps.values(), *stage.dvc_deps)]
     deps += list(dict.fromkeys(_common_root(p) for p in stage.each_experiment))
     deps += list(stage.code)
     body["deps"] = deps
@@ -367,7 +421,8 @@ def dvc_stage(stage: Stage) -> dict:
             if out.dvc != kind:
                 continue
             for path in out.paths:
-                entries.append({_dvc_path(path): {"persist": True}})
+                flags = {"persist": True} if out.cache else {"cache": False, "persist": True}
+                entries.append({_dvc_path(path): flags})
         if entries:
             body[kind] = entries
     if stage.foreach:

@@ -6,7 +6,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from ladder import config as ladder_config
-from ladder import devices, engines, stages, workspace
+from ladder import devices, snakefile, stages
 
 
 def config_source():
@@ -27,21 +27,20 @@ with ladder_config.expected_errors_exit():
 validate(config, schema="../schemas/params.schema.yaml", set_default=False)
 
 
-# The settings files every stage reads (results/configs/), rewritten where their content
-# changed; the jobs that read a changed file rerun (Snakemake compares small files by checksum).
-# Only the process that plans the run writes them, and never while DVC works here. Then the
-# results DVC made get timestamps Snakemake can trust (ladder.engines).
-if workflow.is_main_process:
-    with ladder_config.expected_errors_exit():
-        workspace.refuse_if_dvc_running()
-        ladder_config.check_runnable(PARAMS, stages.PREPARED, stages.CONFIGS)
-        ladder_config.write_settings(PARAMS, stages.CONFIGS)
-        engines.adopt_dvc_results(PARAMS.selected)
+# Before Snakemake decides what to run, the first input function it calls runs `load`: the run
+# that will execute jobs takes the workspace and writes the settings files (results/configs/)
+# where their content changed; a dry run or any other view plans with them without writing
+# there; both force a rerun of jobs whose finished outputs are damaged, as --forcerun does
+# (ladder.snakefile).
+_LOADED = []
 
 
-onstart:
-    with ladder_config.expected_errors_exit():
-        workspace.hold_for_snakemake()
+def load():
+    if not _LOADED:
+        with ladder_config.expected_errors_exit():
+            kind = snakefile.run_kind(workflow)
+            _LOADED.append(snakefile.load(PARAMS, kind, force=workflow.dag.forcefiles.add))
+    return _LOADED[0]
 
 
 # A GPU job declares gpu=1, so `--resources gpu=N` caps how many run at once.
@@ -49,15 +48,31 @@ GPUS_PER_JOB = 1 if devices.cuda_present() else 0
 
 
 def stage_inputs(name):
-    """A stage's inputs: its files, its code, and per-experiment files for each selected one."""
+    """A stage's inputs, as a function of the job's wildcards: its files, its code, and
+    per-experiment files for each selected experiment. Settings files are read where `load`
+    says (a dry run's changed ones from its overlay)."""
     stage = stages.STAGES[name]
-    files = {key: path for key, path in stage.deps.items()}
-    if stage.each_experiment:
-        files["runs"] = [
-            path.replace("{exp}", exp) for exp in PARAMS.selected for path in stage.each_experiment
-        ]
-    files["code"] = list(stage.code)
-    return files
+
+    def inputs(wildcards):
+        loaded = load()
+
+        def read(path):
+            # A plan ignores the settings files' timestamps: it decides by content (load).
+            path, settings = loaded.settings(path), path.startswith(f"{stages.CONFIGS}/")
+            return ancient(path) if loaded.plan_only and settings else path
+
+        at = lambda path: path.replace("{exp}", wildcards.get("exp", "{exp}"))
+        files = {key: read(at(path)) for key, path in stage.deps.items()}
+        if stage.each_experiment:
+            files["runs"] = [
+                read(path.replace("{exp}", exp))
+                for exp in PARAMS.selected
+                for path in stage.each_experiment
+            ]
+        files["code"] = list(stage.code)
+        return files
+
+    return inputs
 
 
 def stage_outputs(name, categories=None):
@@ -83,12 +98,15 @@ def stage_log(name):
 
 
 def stage_threads(name):
-    """At most the stage's threads. Training and evaluation jobs take half the cores each, so
-    that two run side by side (a process's start-up and data loading leave a core idle, and
-    small models use one core poorly) rather than one after the other."""
+    """What Snakemake reserves for a job: training and evaluation use LADDER_THREADS threads in
+    both engines (ladder.devices), so that the same params give the same weights whatever
+    --cores is; prepare decodes with up to its stage's worth of the cores."""
     # workflow._cores: None when no --cores was given (--unlock, --summary); `cores` would raise.
     stage, cores = stages.STAGES[name], workflow._cores or 1
-    return min(stage.threads, max(1, cores // 2) if stage.gpu else cores)
+    if stage.gpu:
+        with ladder_config.expected_errors_exit():  # a bad LADDER_THREADS, named
+            return devices.threads()
+    return min(stage.threads, cores)
 
 
 def stage_gpus(name):

@@ -3,7 +3,7 @@
 
 rule download:
     input:
-        **stage_inputs("download"),
+        unpack(stage_inputs("download")),
     output:
         **stage_outputs("download"),
     log:
@@ -14,7 +14,7 @@ rule download:
 
 rule prepare:
     input:
-        **stage_inputs("prepare"),
+        unpack(stage_inputs("prepare")),
     output:
         **stage_outputs("prepare"),
     log:
@@ -26,7 +26,7 @@ rule prepare:
 
 rule stats:
     input:
-        **stage_inputs("stats"),
+        unpack(stage_inputs("stats")),
     output:
         **stage_outputs("stats"),
     log:

@@ -3,7 +3,7 @@
 
 rule evaluate:
     input:
-        **stage_inputs("evaluate"),
+        unpack(stage_inputs("evaluate")),
     output:
         **stage_outputs("evaluate"),
     log:

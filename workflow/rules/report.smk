@@ -3,7 +3,7 @@
 
 rule report:
     input:
-        **stage_inputs("report"),
+        unpack(stage_inputs("report")),
     output:
         **stage_outputs(
             "report",

@@ -3,7 +3,7 @@
 
 rule train:
     input:
-        **stage_inputs("train"),
+        unpack(stage_inputs("train")),
     output:
         **stage_outputs("train"),
     log:

@@ -17,8 +17,8 @@ import pooch
 import requests
 from PIL import Image
 
-from ladder import manifest
-from ladder.data import archive
+from ladder import manifest, provenance
+from ladder.data import archive, sources_on_disk
 from ladder.data.registry import SOURCES
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,9 @@ def download(settings: dict, out: str | Path, retries: int = 3) -> None:
     source = settings["source"]
     if source not in SOURCES:
         raise ValueError(f"dataset.source: unknown source {source!r}")
-    with manifest.folder(out) as tmp:
+    # The folders' listings before the copy: one that changes meanwhile is imported again.
+    made_with = {**provenance.made_with(), **sources_on_disk.listings(settings)}
+    with manifest.folder(out, made_with=made_with) as tmp:
         SOURCES[source].downloader()(settings, tmp, retries)
     log.info("raw %s dataset ready in %s", source, out)
 

@@ -1,0 +1,262 @@
+"""What the Snakefile does before Snakemake decides which jobs to run.
+
+Only the Snakemake process that will run jobs (or touch their outputs) holds the workspace, and
+only it writes there. It:
+- takes the workspace (ladder.workspace.hold_workspace): a second Snakemake run is refused before
+  it has changed anything, and DVC's commands are refused until this one exits;
+- writes params.yaml resolved into results/configs/ (a file only where its content changes);
+- gives the results DVC vouches for timestamps Snakemake trusts (ladder.engines).
+
+Every other Snakemake process (a dry run, --summary, --dag, a run refused by Snakemake's own
+lock, a job on a cluster node) writes nothing there, and plans with the settings params.yaml
+resolves to now without them: it ignores the settings files' timestamps (`ancient`), and a
+settings file not written yet is read from a private overlay folder (`Load.settings`).
+
+Both decide by content which jobs the settings rerun: a job whose results record other settings
+than params.yaml resolves to (what it read, ladder.provenance: a folder's inner manifest, the
+report's provenance.json) is forced to rerun. So the plan is the same whatever
+results/configs/ holds (another engine's or an earlier run's settings), and a result is never
+taken as current for settings it was not made with, whatever its timestamps say.
+
+Both look inside the finished folders the DAG will read (`manifest.read`: every listed file
+there with its size, and the inside and outside manifests agree) and at the records a run leaves
+(stats.json, config.json, and the files a folder's manifest vouches for): a job whose output is
+damaged is forced to rerun (as --forcerun would), with a log line that says why, before anything
+reads it. Removing the damaged output would not do: Snakemake reruns a job for a missing output
+only when a job after it has to run anyway.
+
+What the process will do is known only once Snakemake builds its DAG (the Snakefile is loaded
+before the command's executor is chosen), so the rules' inputs are functions, and the first one
+Snakemake calls runs `load` (workflow/rules/common.smk).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ladder import config, engines, io, manifest, stages, workspace
+from ladder.data import sources_on_disk
+
+log = logging.getLogger(__name__)
+
+OVERLAY = Path(".snakemake/ladder-plan")  # private folders of processes that do not hold
+
+
+def run_kind(workflow) -> str:
+    """'run' (jobs execute, locally or on a cluster), 'touch', 'dryrun', 'view' (--summary,
+    --dag, ...) or 'job' (Snakemake inside a cluster job), once the DAG is being built."""
+    if not workflow.is_main_process:
+        return "job"
+    if workflow.executor_plugin is None:
+        return "view"
+    if workflow.dryrun:
+        return "dryrun"
+    return "touch" if workflow.touch else "run"
+
+
+@dataclass
+class Load:
+    """What the rules read: where each settings file is, and the jobs that must rerun."""
+
+    plan_only: bool = False  # writes nothing: settings files' timestamps are ignored
+    overlay: Path | None = None  # a dry run's private folder
+    moved: dict[str, str] = field(default_factory=dict)  # settings path -> overlay path
+    forced: dict[str, str] = field(default_factory=dict)  # output -> why its job reruns
+
+    def settings(self, path: str) -> str:
+        return self.moved.get(path, path)
+
+    def private(self, root: Path) -> Path:
+        if self.overlay is None:
+            (root / OVERLAY).mkdir(parents=True, exist_ok=True)
+            self.overlay = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root / OVERLAY))
+            atexit.register(shutil.rmtree, self.overlay, ignore_errors=True)
+        return self.overlay
+
+
+def load(
+    params: config.Params, kind: str, force: Callable[[str], None], root: Path = Path()
+) -> Load:
+    """Everything the Snakefile does before the DAG's jobs are decided (see the module doc):
+    `kind` from run_kind; `force(output)` makes the job that writes `output` rerun."""
+    if kind == "job":
+        return Load()
+    holder = kind in ("run", "touch")
+    if holder:
+        workspace.hold_workspace(root)
+    workspace.refuse_if_dvc_running(root)
+    if holder:  # before anything is written: no DVC command can start from here on
+        workspace.hold_dvc(root)
+    config.check_runnable(params, root)
+    loaded = Load(plan_only=not holder)
+    if holder:
+        config.write_settings(params, root / stages.CONFIGS)
+        sources_on_disk.write_links(params.download_settings(), root / stages.SOURCE)
+    else:
+        _overlay(params, root, loaded)
+    if holder or workspace.free(root):
+        engines.adopt_dvc_results(params.selected, root, dvc_lock_held=holder)
+    loaded.forced = {
+        **changed_settings(params, root),
+        **changed_sources(params, root),
+        **damaged_outputs(params, root),
+    }
+    if kind == "touch":
+        refuse_touch(params, root, loaded.forced)
+    for output, why in loaded.forced.items():
+        log.warning("%s: the job that writes %s runs again", why, output)
+        force(output)
+    return loaded
+
+
+def _overlay(params: config.Params, root: Path, loaded: Load) -> None:
+    """Write the settings files results/configs/ does not have yet into a private folder (a job
+    needs its inputs to exist to be planned)."""
+    for rel, content in params.settings_files().items():
+        path = f"{stages.CONFIGS}/{rel}"
+        if (root / path).exists():
+            continue
+        text = io.record_text(content)
+        moved = loaded.private(root) / "configs" / rel
+        moved.parent.mkdir(parents=True, exist_ok=True)
+        moved.write_text(text)
+        loaded.moved[path] = os.path.relpath(moved, root)
+
+
+# ----------------------------------------------------------------------------------------------
+# Results made with other settings
+
+
+def _jobs(params: config.Params):
+    """(stage, experiment or None, path formatter) of every job of the selected DAG."""
+    for stage in stages.STAGES.values():
+        if stage.name == "configure":
+            continue
+        for exp in params.selected if stage.foreach else [None]:
+            yield stage, exp, (lambda p, exp=exp: p.replace("{exp}", exp) if exp else p)
+
+
+def _settings_read(stage: stages.Stage, at, selected) -> list[str]:
+    """The settings files a job reads."""
+    paths = [at(p) for p in stage.deps.values()]
+    paths += [p.replace("{exp}", e) for e in selected for p in stage.each_experiment]
+    return [p for p in paths if p.startswith(f"{stages.CONFIGS}/")]
+
+
+def _made_with(root: Path, stage: stages.Stage, at) -> tuple[str, dict] | None:
+    """(the output that stands for the job's results, what they record they were read from), or
+    None when the job has no results yet."""
+    for out in stage.outs.values():
+        path = at(out.path)
+        if out.folder and out.manifest:
+            if not (root / stages.manifest(path)).exists():
+                return None
+            return stages.manifest(path), manifest.made_with(root / path)
+        if out.provenance:
+            try:
+                return path, io.read_json(root / path)["made_with"]
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
+def changed_settings(params: config.Params, root: Path) -> dict[str, str]:
+    """Output -> why, for each job whose results were made with other settings than params
+    resolves to now (by the digests they record; see the module doc)."""
+    digests = {
+        f"{stages.CONFIGS}/{rel}": config.settings_digest(content)
+        for rel, content in params.settings_files().items()
+    }
+    found = {}
+    for stage, _, at in _jobs(params):
+        read = _settings_read(stage, at, params.selected)
+        made = _made_with(root, stage, at) if read else None
+        if made is None:
+            continue
+        target, record = made
+        changed = [p for p in read if record.get(p) != digests.get(p)]
+        if changed:
+            found[target] = f"{changed[0]} is not what {target} was made with"
+    return found
+
+
+def refuse_touch(params: config.Params, root: Path, forced: dict[str, str]) -> None:
+    """--touch marks outputs as current: refuse it where that would pass off as current a
+    result that was never made, or was made with other settings or data, or is damaged."""
+    never = [
+        at(stage.out_paths[0])
+        for stage, _, at in _jobs(params)
+        if not any((root / at(p)).exists() for p in stage.out_paths)
+    ]
+    problems = [f"{output}: never made" for output in never]
+    problems += [f"{output}: {why}" for output, why in forced.items()]
+    if problems:
+        raise RuntimeError(
+            "--touch would mark results as current that are not: "
+            + "; ".join(problems[:5])
+            + ("; ..." if len(problems) > 5 else "")
+            + ". Run `snakemake report --cores 1` for them first (--touch is for keeping "
+            "results after an edit of the code that changes none)"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Finished outputs that are no longer whole
+
+
+def damaged_outputs(params: config.Params, root: Path) -> dict[str, str]:
+    """Output that stands for a damaged result -> what is wrong, for every job of the DAG whose
+    output is there but not whole. Cheap: a stat per file of each folder, and the small records
+    read whole (large files are checked by digest where they are read)."""
+    found = {}
+    for stage, _, at in _jobs(params):
+        for out in stage.outs.values():
+            problem = _problem(root, at(out.path), out)
+            if problem:
+                target = stages.manifest(at(out.path)) if out.manifest else at(out.path)
+                found[target] = problem
+                break
+    return found
+
+
+def _problem(root: Path, path: str, out: stages.Out) -> str | None:
+    full = root / path
+    try:
+        if out.folder and out.manifest:
+            if not full.exists() and not manifest.sibling(full).exists():
+                return None  # not made yet: Snakemake runs the job anyway
+            manifest.read(full)
+            manifest.verify_beside(full)
+        elif out.record and full.is_file():
+            io.read_record(full)
+    except (ValueError, OSError) as e:
+        return str(e).split("; regenerate", 1)[0]
+    return None
+
+
+def changed_sources(params: config.Params, root: Path) -> dict[str, str]:
+    """The raw data's manifest -> why, when a folder dataset's files changed since `download`
+    imported them (the listings it recorded differ from the folders' now)."""
+    raw = root / stages.RAW
+    recorded = manifest.made_with(raw)
+    if not recorded:
+        return {}
+    settings = params.download_settings()
+    for key in sources_on_disk.KEYS:
+        if not settings.get(key):
+            continue
+        try:
+            now = sources_on_disk.listing(settings[key])
+        except OSError:
+            continue  # gone: the import itself says so
+        if recorded.get(f"dataset.{key}") != now:
+            why = f"dataset.{key} ({settings[key]}) changed since it was imported"
+            return {stages.manifest(stages.RAW): why}
+    return {}
