@@ -4,7 +4,6 @@ header that lies about its size, limits from the environment, and the `ladder do
 from __future__ import annotations
 
 import io as stdio
-import json
 import shutil
 import struct
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, md5
+from ladder import io
 from ladder.data import archive
 from ladder.data.download import download
 
@@ -175,7 +175,7 @@ def test_a_bad_limit_names_the_variable_before_downloading(
 def test_ladder_download_refuses_a_bomb_without_a_traceback(tmp_path):
     bomb = _zip_bomb(tmp_path / "bomb.zip")
     settings = tmp_path / "download.json"
-    settings.write_text(json.dumps({"source": "folder", "path": str(bomb), "test_path": ""}))
+    io.write_record(settings, {"source": "folder", "path": str(bomb), "test_path": ""})
     out = tmp_path / "results" / "raw"
     proc = subprocess.run(
         [str(BIN / "ladder"), "download", "--settings", str(settings), "--out", str(out)],

@@ -365,3 +365,20 @@ def test_replicate_of_names_an_experiment_that_is_no_replicate_itself():
                 "cnn_s2": {"base": "cnn", "replicate_of": "cnn_s1", "seed": 2},
             }
         )
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["a\n"], "not a valid experiment name"),  # JSON Schema's `$` would let it through
+        (["a" * 201], "not a valid experiment name"),
+        (["-a"], "not a valid experiment name"),
+        (["root", "root.lock"], "may not end in '.lock' (results/resume/root.lock is the training"),
+        (["Foo", "foo"], "differs from 'Foo' only in case"),
+    ],
+)
+def test_an_experiment_name_that_cannot_be_a_file_name_is_refused(names, message):
+    experiments = {name: {"model": {"name": "mynet"}} for name in names}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Params.from_dict({"experiments": experiments})
+    assert Params.from_dict({"experiments": {"a" * 200: {"model": {"name": "mynet"}}}})

@@ -77,11 +77,11 @@ def snakemake_plan(project: Project) -> tuple[set[str], set[str]]:
 
 
 def dvc_changed(project: Project) -> set[str]:
-    """Stages `dvc status` finds changed (deps, outputs, or not yet in dvc.lock), once DVC's
-    `configure` has written the settings params.yaml resolves to (DVC cannot know which stages
-    an edit reaches before that); configure itself is left out: it reruns on any params edit
-    and writes only what changed (the other stages' view says what that was)."""
-    project.run("dvc", "repro", "--single-item", "configure")
+    """Stages `dvc status` finds changed (deps, outputs, or not yet in dvc.lock), once the
+    command of DVC's `configure` has written the settings params.yaml resolves to (DVC cannot
+    know which stages an edit reaches before that); configure itself is left out: it reruns on
+    any params edit and writes only what changed (the other stages' view says what that was)."""
+    project.run(*stages.STAGES["configure"].command().split())  # what DVC's configure runs
     status = json.loads(project.run("dvc", "status", "--json").stdout or "{}")
     return set(status) - {"configure"}
 

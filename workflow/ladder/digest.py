@@ -1,10 +1,11 @@
 """Content digests: what manifests record, and what readers check before they use a file.
 
-xxh3-128 (the xxhash package): about 24 GB/s on one core of the CI machine, against 0.75 GB/s for
-BLAKE2b and 1.75 GB/s for SHA-256 (BENCHMARKS.md), so a reader can afford to check every byte
-it is about to use: the prepared Tiny ImageNet splits (1.35 GB) in about a tenth of a second
-from the page cache. It guards against damage and mistakes (a file edited, truncated or
-replaced in place), not against someone who means harm: they could rewrite the manifest too.
+xxh3-128 (the xxhash package): about 24 GB/s on one core of the CI machine, against 0.8 GB/s for
+BLAKE2b and 1.75 GB/s for SHA-256, so a reader can afford to check every byte it is about to
+use: a training job's 1.23 GB of a Tiny ImageNet-sized split in 0.2 CPU-s from the page cache
+(benchmarks/verification.py, BENCHMARKS.md). It guards against damage and mistakes (a file
+edited, truncated or replaced in place), not against someone who means harm: they could rewrite
+the manifest too.
 Manifests written before it name no algorithm and hold BLAKE2b digests; they are still read.
 """
 

@@ -716,10 +716,10 @@ def csv_safe(text: str) -> str:
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:
-    """Every number at full precision (these tables are for programs: DVC plots, pandas; a
-    learning rate of 3e-5 is not 0.0), missing values as empty cells, text cells made
-    `csv_safe` (numbers stay numbers)."""
-    map_text(table, csv_safe).to_csv(path, index=False, lineterminator="\n")
+    """Every number to 12 significant digits (these tables are for programs: DVC plots, pandas;
+    a learning rate of 3e-5 is not 0.0, and 55% is not 55.00000000000001), missing values as
+    empty cells, text cells made `csv_safe` (numbers stay numbers)."""
+    map_text(table, csv_safe).to_csv(path, index=False, lineterminator="\n", float_format="%.12g")
 
 
 # ----------------------------------------------------------------------------------------------
