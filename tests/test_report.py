@@ -219,12 +219,13 @@ def test_ladder_csv_picks_by_val_and_reports_percent(report):
 
 def test_metrics_json_names_the_best_experiment_and_holds_every_experiment(report):
     metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
-    # The best by val (b, not c, whose test accuracy is higher); `test` without TTA.
+    # The best by val (b, not c, whose test accuracy is higher); test_acc without TTA, the keys
+    # an experiment's own entry has.
     assert metrics["best"] == {
         "experiment": "b",
-        "epoch": 2,
-        "test": 55.0,
+        "best_epoch": 2,
         "val_acc": 70.0,
+        "test_acc": 55.0,
         "test_acc_tta": 58.0,
     }
     assert metrics["experiments"]["a"] == {
@@ -347,7 +348,7 @@ def test_headline_is_plain_test_at_the_val_picked_checkpoint_of_the_val_best(tmp
 
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["best"]["experiment"] == "b"
-    assert metrics["best"]["test"] == 55.0
+    assert metrics["best"]["test_acc"] == 55.0
     assert metrics["best"]["test_acc_tta"] == pytest.approx(100 * tta)
     ladder = pd.read_csv(out / "ladder.csv").set_index("experiment")
     assert ladder.loc["b", "test_acc"] == 55.0

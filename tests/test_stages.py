@@ -224,6 +224,7 @@ PLUMBING = {
     "ladder/manifest.py": "folder manifests (their digests follow the content)",
     "ladder/digest.py": "content digests (they follow the content)",
     "ladder/provenance.py": "the check that a job's inputs did not change under it",
+    "ladder/store.py": "data folders linked back when made again from the same inputs",
     "ladder/devices.py": "which GPU a job uses",
     "ladder/workspace.py": "locks",
     "ladder/progress.py": "progress log lines",

@@ -93,7 +93,11 @@ def test_the_demo_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch):
     for name, exp in params.experiments.items():
         events = EventAccumulator(str(project.path(f"results/experiments/{name}/tensorboard")))
         events.Reload()
-        assert len(events.Scalars("epoch/val_acc")) == exp.train["epochs"], name
+        accuracies = [point.value for point in events.Scalars("epoch/val_acc")]
+        assert len(accuracies) == exp.train["epochs"], name
+        assert all(1 < a <= 100 for a in accuracies), (name, accuracies)  # percent, as the logs'
+    log = project.path("logs/evaluate/cnn.log").read_text()
+    assert re.search(r"cnn epoch 1: val \d+\.\d\d% test \d+\.\d\d%", log), log[-500:]
 
     assert "Nothing to be done" in project.snakemake("-n", "report").stdout
     # --report and --summary plan no jobs: they need no --cores (no rule's threads read it).

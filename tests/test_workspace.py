@@ -285,6 +285,45 @@ def test_a_failing_report_leaves_the_previous_report(project):
 
 
 # ----------------------------------------------------------------------------------------------
+# Datasets side by side
+
+
+def test_a_failed_switch_to_another_dataset_loses_nothing_and_switching_back_is_free(
+    project, tmp_path
+):
+    prepared = snapshot(project.root, stages.PREPARED)
+    missing = tmp_path / "not-there"
+    edit(project, lambda p: p["dataset"].update(source="folder", path=str(missing)))
+    failed = project.snakemake("report", check=False)
+    assert failed.returncode != 0
+    assert (
+        f"dataset.path = {missing}: no such file or folder"
+        in project.path("logs/download.log").read_text()
+    )
+    # Snakemake removed the digits' raw folder before the failed download; nothing refuses to
+    # run for the digits' split sizes (they are not this dataset's).
+    assert not project.path(stages.RAW).exists()
+    assert project.run("ladder", "check").returncode == 0
+    edit(project, lambda p: p["dataset"].update(source="digits", path=""))
+    project.snakemake("report", expected=30)
+    assert (
+        "linked back from results/cache/data/download/"
+        in project.path("logs/download.log").read_text()
+    )
+    # Snakemake reruns what comes after a job it ran, and each finds its result made before:
+    # no image decoded again, no step trained again.
+    assert (
+        "linked back from results/cache/data/prepare/"
+        in project.path("logs/prepare.log").read_text()
+    )
+    for exp in EXPERIMENTS:
+        log = project.path(f"logs/train/{exp}.log").read_text()
+        assert "trained before with the same settings, data and code" in log, exp
+    assert content(snapshot(project.root, stages.PREPARED)) == content(prepared)
+    assert planned(project) == set()
+
+
+# ----------------------------------------------------------------------------------------------
 # A folder dataset's content
 
 
@@ -339,9 +378,12 @@ def test_an_experiment_name_that_cannot_be_a_file_name_is_refused_by_both_engine
 
 
 def test_a_queued_dvc_experiment_runs_the_code_it_was_queued_with(project):
+    """A new rung queued as the README writes it (`++`: a key params.yaml does not have), the
+    code edited before the queue starts: the experiment runs, and records, the queued code, and
+    Snakemake takes over after `dvc exp apply` with nothing to do."""
     project.run(
-        "dvc", "exp", "run", "--queue", "-n", "queued", "-S", "experiments.child.seed=9",
-        expected=30,
+        "dvc", "exp", "run", "--queue", "-n", "queued", "-S", "++experiments.added.base=root",
+        "-S", "++experiments.added.seed=9", expected=30,
     )  # fmt: skip
     queued_code = stages.version("train")  # this checkout's, the project's copy of it
     code = project.path("workflow/ladder/optim.py")
@@ -356,15 +398,16 @@ def test_a_queued_dvc_experiment_runs_the_code_it_was_queued_with(project):
     assert "Success" in status, project.run("dvc", "queue", "logs", "queued", check=False).stdout
     project.run("git", "checkout", "--", "workflow")  # the edit is not what we apply
     project.run("dvc", "exp", "apply", "queued", expected=30)
-    run = io.read_record(project.path("results/experiments/child/config.json"))
+    run = io.read_record(project.path("results/experiments/added/config.json"))
     assert run["settings"]["seed"] == 9
     assert run["code_version"] == queued_code  # not the code edited after queueing
     lock = yaml.safe_load(project.path("dvc.lock").read_text())
-    deps = {d["path"]: d["md5"] for d in lock["stages"]["train@child"]["deps"]}
+    deps = {d["path"]: d["md5"] for d in lock["stages"]["train@added"]["deps"]}
     assert (
         deps["workflow/ladder/optim.py"]
         == hashlib.md5((REPO / "workflow/ladder/optim.py").read_bytes()).hexdigest()
     )
+    assert planned(project) == set()  # Snakemake takes DVC's results as they are
 
 
 def test_the_ladder_command_runs_the_workspace_s_own_code(tmp_path):

@@ -177,7 +177,7 @@ def adopt_dvc_results(selected, root: str | Path = ".", dvc_lock_held: bool = Fa
 
                 repo.lock = LockNoop()  # ours already: a second flock would wait for us
             changed = {name for name, found in repo.status().items() if not _settings_only(found)}
-    except DvcException as e:  # DVC cannot tell now: Snakemake goes by timestamps alone
+    except (DvcException, OSError) as e:  # DVC cannot tell now: Snakemake goes by timestamps
         log.warning("could not ask DVC which results are up to date (%s)", e)
         return []
     adopted, now = [], time.time()

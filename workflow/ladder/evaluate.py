@@ -297,13 +297,14 @@ def _evaluate_checkpoints(run, run_config, checkpoints, tta, data, epochs, devic
         result, arrays = evaluate_model(model, run_config, tta, val, test)
         for row in result["per_class"]:
             row.update(id=classes[row["index"]]["id"], name=classes[row["index"]]["name"])
-        tta_text = f", TTA vote {result['tta']['vote_acc']:.4f}" if result["tta"] else ""
+        # Percent, as wherever a person reads them (the JSON holds fractions).
+        tta_text = f", TTA vote {100 * result['tta']['vote_acc']:.2f}%" if result["tta"] else ""
         log.info(
-            "%s epoch %d: val %.4f test %.4f%s (%.1fs)",
+            "%s epoch %d: val %.2f%% test %.2f%%%s (%.1fs)",
             run_config["experiment"],
             epoch,
-            result["val"]["acc"],
-            result["test"]["acc"],
+            100 * result["val"]["acc"],
+            100 * result["test"]["acc"],
             tta_text,
             time.perf_counter() - started,
         )

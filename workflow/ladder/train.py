@@ -345,7 +345,9 @@ def _train_locked(
                 prog.checkpoints[file] = digest
             learner.save_state(state_dir / "state.pt", prog)
             io.write_text(state_dir / "history.csv", _csv(prog.history, HISTORY_COLUMNS))
-            for key in ("val_loss", "val_acc", "images_per_second"):
+            # TensorBoard is for people: accuracies in percent there (fractions in the CSVs).
+            events.add_scalar("epoch/val_acc", 100 * row["val_acc"], prog.step)
+            for key in ("val_loss", "images_per_second"):
                 events.add_scalar(f"epoch/{key}", row[key], prog.step)
             events.flush()
             log.info(
@@ -469,7 +471,8 @@ def _train_epoch(
                 "acc": win_correct.item() / win_n,
             }
             prog.steps.append(point)
-            for key in ("loss", "acc", "lr"):
+            events.add_scalar("train/acc", 100 * point["acc"], prog.step)  # percent
+            for key in ("loss", "lr"):
                 events.add_scalar(f"train/{key}", point[key], prog.step)
         ep_loss, ep_correct, ep_n = ep_loss + win_loss, ep_correct + win_correct, ep_n + win_n
         win_loss, win_correct, win_n = zero.clone(), zero.clone(), 0

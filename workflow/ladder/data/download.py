@@ -17,7 +17,7 @@ import pooch
 import requests
 from PIL import Image
 
-from ladder import manifest, provenance
+from ladder import manifest, provenance, store
 from ladder.data import archive, sources_on_disk
 from ladder.data.registry import SOURCES
 
@@ -35,8 +35,11 @@ def download(settings: dict, out: str | Path, retries: int = 3) -> None:
         raise ValueError(f"dataset.source: unknown source {source!r}")
     # The folders' listings before the copy: one that changes meanwhile is imported again.
     made_with = {**provenance.made_with(), **sources_on_disk.listings(settings)}
+    if store.restore("download", made_with, out):
+        return
     with manifest.folder(out, made_with=made_with) as tmp:
         SOURCES[source].downloader()(settings, tmp, retries)
+    store.keep("download", made_with, out)
     log.info("raw %s dataset ready in %s", source, out)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
-from ladder import io, manifest, provenance
+from ladder import io, manifest, provenance, store
 from ladder.data.sources import IMAGE_SUFFIXES as IMAGES
 from ladder.data.sources import Labelled, read_layout
 
@@ -43,6 +43,9 @@ def prepare(raw: str | Path, out: str | Path, settings: dict, workers: int | Non
     # decode them (they read each file once anyway), everything else (label lists, the
     # archive) now.
     listed = manifest.read(raw)
+    made_with = provenance.made_with()  # the settings and the raw data's manifest, by digest
+    if store.restore("prepare", made_with, out):
+        return {"restored": str(out)}
     manifest.verify(raw, [r for r in listed["files"] if Path(r).suffix.lower() not in IMAGES])
     expected = Expected(raw, listed)
     layout = read_layout(raw, settings["source"])
@@ -51,11 +54,12 @@ def prepare(raw: str | Path, out: str | Path, settings: dict, workers: int | Non
     workers = workers or os.cpu_count() or 1
 
     digests: dict[str, np.ndarray] = {}
-    with manifest.folder(out, made_with=provenance.made_with()) as tmp:
+    with manifest.folder(out, made_with=made_with) as tmp:
         for name, (paths, labels) in splits.items():
             digests[name] = _decode_into(tmp / f"{name}_x.npy", paths, size, workers, expected)
             np.save(tmp / f"{name}_y.npy", labels)
         io.write_json(tmp / "classes.json", layout.classes)
+    store.keep("prepare", made_with, out)
 
     summary = {
         "classes": len(layout.classes),

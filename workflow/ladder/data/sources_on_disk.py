@@ -53,13 +53,14 @@ def listings(settings: dict) -> dict[str, str]:
 
 def write_links(settings: dict, root: str | Path) -> None:
     """results/data/source/<key>: a link to the folder `settings[key]` names, or an empty folder
-    when it names none (DVC needs a path to depend on either way)."""
+    when it names none, or none that exists (DVC needs a path it can hash either way; the import
+    says what is missing)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for key in KEYS:
         link = root / key
         target = settings.get(key)
-        want = Path(target).resolve() if target else None
+        want = Path(target).resolve() if target and Path(target).exists() else None
         if want is not None and link.is_symlink() and link.readlink() == want:
             continue
         if want is None and link.is_dir() and not link.is_symlink() and not any(link.iterdir()):

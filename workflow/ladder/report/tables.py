@@ -679,12 +679,12 @@ def metrics(ladder: pd.DataFrame) -> dict:
     )
     best = best_experiment(ladder)
     return {
-        # Keyed by name (rung numbers shift with the selection); `test` is plain, as on the page.
+        # Keyed by name (rung numbers shift with the selection); the same names as each
+        # experiment's (test_acc: plain, as on the page).
         "best": {
             "experiment": best["experiment"],
-            "epoch": int(best["best_epoch"]),
-            "test": round(float(best["test_acc"]), 2),
-            **numbers(best, ("val_acc", "test_acc_tta")),
+            "best_epoch": int(best["best_epoch"]),
+            **numbers(best, ("val_acc", "test_acc", "test_acc_tta")),
         },
         "experiments": {
             row["experiment"]: {"best_epoch": int(row["best_epoch"]), **numbers(row, columns)}
