@@ -264,7 +264,11 @@ CODE_EDITS = {  # a module of every stage: editing it reruns exactly that stage
     "workflow/ladder/data/stats.py": {"stats"},
     "workflow/ladder/optim.py": TRAIN,
     "workflow/ladder/evaluate.py": EVALUATE,
+    # a model's files: the experiments that use it (all three use mynet), through their
+    # code.json; another model's: nothing; the registry: the report, which names settings
     "workflow/ladder/models/mynet.py": TRAIN | EVALUATE,
+    "workflow/ladder/models/resnet.py": set(),
+    "workflow/ladder/model_registry.py": {"report"},
     "workflow/ladder/report/figures.py": {"report"},
     "workflow/schemas/params.schema.yaml": {"report"},
 }

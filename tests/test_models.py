@@ -6,6 +6,7 @@ import pytest
 import torch
 from ladder import models
 from ladder.config import Params
+from ladder.models import small_image
 from ladder.models.shakedrop import ShakeDrop
 from torch import nn
 
@@ -65,9 +66,9 @@ def test_resnet18_small_image_variant_keeps_resolution():
 
 def test_unstride_changes_exactly_the_first_n_strided_convs():
     model = models.build(model_settings(name="resnet18"), 10, 32)
-    assert models.unstride(model, 3) == ["conv1", "layer2.0.conv1", "layer2.0.downsample.0"]
+    assert small_image.unstride(model, 3) == ["conv1", "layer2.0.conv1", "layer2.0.downsample.0"]
     effnet = models.build(model_settings(name="efficientnet_v2_s"), 10, 32)
-    assert models.unstride(effnet, 2) == ["features.0.0", "features.2.0.block.0.0"]
+    assert small_image.unstride(effnet, 2) == ["features.0.0", "features.2.0.block.0.0"]
 
 
 def test_efficientnet_unstride_two_ends_at_eight_by_eight():

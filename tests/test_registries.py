@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import pkgutil
 import re
+import shutil
 import subprocess
 import sys
 
@@ -155,7 +156,6 @@ def module_file(ref: str) -> str:
 
 
 REFERENCES = [
-    *[(f"model {n}", m.build, ("train", "evaluate")) for n, m in MODELS.items()],
     *[(f"source {n} download", s.download, ("download",)) for n, s in SOURCES.items()],
     *[(f"source {n} layout", s.layout, ("prepare",)) for n, s in SOURCES.items()],
     *[(f"op {op.name}", op.apply, ("train", "evaluate", "report")) for op in OPS],
@@ -167,6 +167,41 @@ def test_every_entry_names_a_function_its_stages_list_as_code(what, ref, stage_n
     assert callable(pkgutil.resolve_name(ref)), f"{what}: {ref} is not a function"
     for name in stage_names:
         assert module_file(ref) in stages.STAGES[name].code, f"{what}: {ref} in stage {name}"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_model_lists_every_file_its_builder_runs(name):
+    """An experiment's training and evaluation depend on its model's `code` (code.json), not on
+    the other models' files: a file the builder imports but the entry does not list would
+    change the weights without rerunning anything."""
+    from test_stages import PLUMBING, closure
+
+    entry = MODELS[name]
+    assert callable(entry.builder()), f"model {name}: {entry.build} is not a function"
+    builder = module_file(entry.build).removeprefix("workflow/")
+    listed = {f"ladder/{rel}" for rel in entry.code}
+    # Shared by every model: in the stages' own code (ladder.stages._RUN).
+    shared = {c.removeprefix("workflow/") for c in stages.STAGES["train"].code}
+    needed = closure(builder, PLUMBING) - set(PLUMBING) - shared
+    assert needed == listed, f"model {name}: its builder runs {sorted(needed)}"
+
+
+def test_editing_one_model_changes_only_its_experiments_code_record(tmp_path, monkeypatch):
+    params = Params.from_dict(
+        {
+            "experiments": {
+                "small": {"model": {"name": "mynet"}},
+                "res": {"model": {"name": "resnet18"}},
+            }
+        }
+    )
+    before = params.settings_files()
+    shutil.copytree(REPO / "workflow" / "ladder", tmp_path / "ladder")
+    (tmp_path / "ladder" / "models" / "mynet.py").write_text("# mynet, edited\n")
+    monkeypatch.setattr(config, "PACKAGE", tmp_path / "ladder")
+    after = params.settings_files()
+    changed = sorted(rel for rel in before if before[rel] != after[rel])
+    assert changed == ["experiments/small/code.json"]
 
 
 # ----------------------------------------------------------------------------------------------

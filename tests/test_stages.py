@@ -225,6 +225,9 @@ PLUMBING = {
     "ladder/digest.py": "content digests (they follow the content)",
     "ladder/provenance.py": "the check that a job's inputs did not change under it",
     "ladder/store.py": "data folders linked back when made again from the same inputs",
+    # Which builder a model has and the files it runs reach training and evaluation through
+    # each experiment's code.json (ladder.config.model_code; tests/test_registries.py).
+    "ladder/model_registry.py": "a model's entry, recorded per experiment in code.json",
     "ladder/devices.py": "which GPU a job uses",
     "ladder/workspace.py": "locks",
     "ladder/progress.py": "progress log lines",

@@ -182,7 +182,10 @@ def test_progress_lines_and_tensorboard_events(digits, tmp_path, caplog):
     assert [e.step for e in events.Scalars("train/loss")] == list(range(5, 2 * steps + 1, 5))
     assert [e.step for e in events.Scalars("epoch/val_acc")] == [steps, 2 * steps]
     history = read_csv(out / "history.csv")
-    assert events.Scalars("epoch/val_acc")[-1].value == pytest.approx(float(history[-1]["val_acc"]))
+    # percent there (people read it), fractions in history.csv (programs read it)
+    assert events.Scalars("epoch/val_acc")[-1].value == pytest.approx(
+        100 * float(history[-1]["val_acc"])
+    )
 
 
 def test_a_changed_experiment_never_resumes_a_stale_state(digits, tmp_path):

@@ -77,8 +77,20 @@ def _stats(args: argparse.Namespace) -> None:
     log.info("stats %s", stats.write(args.data, args.out))
 
 
+def _model_code(args: argparse.Namespace) -> dict | None:
+    """The model's code as code.json recorded it, checked against the code this job runs."""
+    if args.code is None:
+        return None
+    from ladder import config
+
+    recorded = provenance.read_record(args.code)["model"]
+    config.check_model_code(recorded, args.code)
+    return recorded
+
+
 def _train(args: argparse.Namespace) -> None:
     settings = provenance.read_record(args.settings)
+    model_code = _model_code(args)
     with devices.job_device(args.device, args.jobs_per_gpu, args.lease_dir) as device:
         from ladder.train import Runtime, train  # after the lease: CUDA must see only that GPU
 
@@ -91,16 +103,18 @@ def _train(args: argparse.Namespace) -> None:
             resume_root=args.resume_dir,
             failed_root=args.failed_dir,
         )
-        train(args.experiment, settings, args.data, args.stats, args.out, runtime)
+        train(args.experiment, settings, args.data, args.stats, args.out, runtime, model_code)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     tta = provenance.read_record(args.settings)
+    model_code = _model_code(args)
     with devices.job_device(args.device, args.jobs_per_gpu, args.lease_dir) as device:
         from ladder.evaluate import evaluate_run
 
         threads = args.threads or devices.threads()
-        evaluate_run(args.run, tta, args.data, args.cache_dir, device=device, threads=threads)
+        evaluate_run(args.run, tta, args.data, args.cache_dir, device=device, threads=threads,
+                     model_code=model_code)  # fmt: skip
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -228,6 +242,11 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=int(os.environ.get("LADDER_JOBS_PER_GPU", "1")),
         help="jobs that share one GPU; each job leases a slot [env LADDER_JOBS_PER_GPU]",
+    )
+    runtime.add_argument(
+        "--code",
+        type=Path,
+        help="results/configs/experiments/<exp>/code.json: the model's code, checked and recorded",
     )
     runtime.add_argument(
         "--lease-dir",

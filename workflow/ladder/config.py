@@ -292,11 +292,16 @@ class Params:
             "prepare.json": self.prepare_settings(),
             "selection.json": {"experiments": list(self.selected)},
         }
+        code: dict[str, dict] = {}  # model name -> its code, read once per model
         for name in self.experiments:
             exp = self.experiments[name]
+            model = exp.train["model"]["name"]
             files[f"experiments/{name}/train.json"] = exp.train
             files[f"experiments/{name}/evaluate.json"] = exp.evaluate
             files[f"experiments/{name}/report.json"] = {"name": name, **exp.meta}
+            files[f"experiments/{name}/code.json"] = {
+                "model": code.setdefault(model, model_code(model))
+            }
         return files
 
     def settings(self, relpath: str) -> dict:
@@ -339,6 +344,40 @@ def _check_names(experiments: Mapping, source: str) -> None:
             raise ConfigError(
                 f"{where}: differs from {other!r} only in case; on file systems that ignore "
                 "case (macOS, Windows) both would share one folder: rename one"
+            )
+
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+def model_code(name: str) -> dict:
+    """What builds model `name`: its registry entry's builder and the digest of every file it
+    runs (the entry's `code`), from this workspace's package. An experiment's training and
+    evaluation read it from results/configs/experiments/<exp>/code.json and check it against
+    the code they run: editing one model's files reruns only the experiments that use it."""
+    entry = MODELS[name]
+    return {
+        "build": entry.build,
+        "files": {
+            f"workflow/ladder/{rel}": digest.file_digest(PACKAGE / rel) for rel in entry.code
+        },
+    }
+
+
+class CodeChangedError(RuntimeError):
+    """The code a job runs is not the code its settings recorded."""
+
+
+def check_model_code(recorded: dict, path: str | Path) -> None:
+    """Refuse to run a model whose files changed since `path` (code.json) recorded them: the
+    result would carry a record of other code than made it."""
+    name = next((n for n, m in MODELS.items() if m.build == recorded.get("build")), None)
+    now = model_code(name) if name else {}
+    for file, expected in recorded.get("files", {}).items():
+        if now.get("files", {}).get(file) != expected:
+            raise CodeChangedError(
+                f"{file} changed since {path} was written: run the same command again "
+                "(Snakemake writes the settings anew as it starts; DVC: `dvc repro`)"
             )
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from ladder.model_registry import MODELS
+
 PACKAGE = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE.parents[1]
 
@@ -63,12 +65,14 @@ def _code(*modules: str) -> tuple[str, ...]:
     return tuple(f"workflow/ladder/{m}" for m in modules)
 
 
-_MODELS = _code("models/__init__.py", "models/mynet.py", "models/shakedrop.py")
 # What each model, dataset source and augmentation op reads and allows (light modules that
 # config reads, and the builders use).
 _REGISTRIES = _code("model_registry.py", "data/registry.py", "augment_registry.py")
 _AUGMENT = _code("augment.py", "augment_registry.py")
-_RUN = (*_AUGMENT, *_code("loader.py", "inference.py", "model_registry.py"), *_MODELS)
+# A model's own files are not here: each experiment's training and evaluation depend on those
+# of its model only, through its code.json (ladder.config.model_code), which `configure` writes.
+_RUN = (*_AUGMENT, *_code("loader.py", "inference.py", "models/__init__.py"))
+_MODEL_FILES = tuple(dict.fromkeys(f for m in MODELS.values() for f in _code(*m.code)))
 
 # ----------------------------------------------------------------------------------------------
 # The table
@@ -146,7 +150,12 @@ STAGES: dict[str, Stage] = {
                     for key in ("path", "test_path")
                 },
             },
-            code=(*_code("config.py", "data/sources_on_disk.py"), *_REGISTRIES, SCHEMA),
+            code=(
+                *_code("config.py", "data/sources_on_disk.py"),
+                *_REGISTRIES,
+                SCHEMA,
+                *_MODEL_FILES,  # ... whose digests it writes into each experiment's code.json
+            ),
             params=True,
         ),
         Stage(
@@ -184,12 +193,13 @@ STAGES: dict[str, Stage] = {
             name="train",
             cmd=_ladder(
                 "train",
-                f"--experiment {{exp}} --settings {EXP_CONFIGS}/train.json --data {PREPARED}"
-                f" --stats {STATS} --out {RUN}",
+                f"--experiment {{exp}} --settings {EXP_CONFIGS}/train.json"
+                f" --code {EXP_CONFIGS}/code.json --data {PREPARED} --stats {STATS} --out {RUN}",
                 foreach=True,
             ),
             deps={
                 "settings": f"{EXP_CONFIGS}/train.json",
+                "model_code": f"{EXP_CONFIGS}/code.json",
                 "prepared": manifest(PREPARED),
                 "stats": STATS,
             },
@@ -208,11 +218,13 @@ STAGES: dict[str, Stage] = {
             name="evaluate",
             cmd=_ladder(
                 "evaluate",
-                f"--run {RUN} --settings {EXP_CONFIGS}/evaluate.json --data {PREPARED}",
+                f"--run {RUN} --settings {EXP_CONFIGS}/evaluate.json"
+                f" --code {EXP_CONFIGS}/code.json --data {PREPARED}",
                 foreach=True,
             ),
             deps={
                 "settings": f"{EXP_CONFIGS}/evaluate.json",
+                "model_code": f"{EXP_CONFIGS}/code.json",
                 "prepared": manifest(PREPARED),
                 "config": f"{RUN}/config.json",
                 "checkpoints": manifest(f"{RUN}/checkpoints"),

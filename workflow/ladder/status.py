@@ -169,6 +169,19 @@ def data_changes(root: Path, run_config: dict) -> list[str]:
     return found
 
 
+def code_changes(run_config: dict, exp: config.Experiment) -> list[str]:
+    """The model's files that differ from what training recorded (code.json at the time)."""
+    recorded = run_config.get("model_code")
+    if not recorded:
+        return []  # trained outside the engines: no record to compare with
+    now = config.model_code(exp.train["model"]["name"])["files"]
+    return [
+        f"{file} changed"
+        for file in sorted(recorded["files"])
+        if now.get(file) != recorded["files"][file]
+    ]
+
+
 def evaluation(root: Path, exp: config.Experiment, run_config: dict) -> str:
     """evaluated, outdated (its settings changed since), stale (made from other checkpoints),
     partial (not every checkpoint) or none; from what the eval folder records of its making
@@ -306,6 +319,7 @@ def _running(paths: _Paths, exp, resume: Resume | None, stamp: dict, now: float)
 def _trained(paths: _Paths, exp, run_config: dict, session: Session | None):
     found = changes(run_config["settings"], exp.train)
     found += data_changes(paths.root, run_config)
+    found += code_changes(run_config, exp)
     trained = int(run_config["settings"]["epochs"])
     state = "outdated" if found else "done"
     status = ExperimentStatus(exp.name, state, trained, exp.train["epochs"], changes=found)

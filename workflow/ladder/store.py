@@ -6,7 +6,8 @@ removes a job's outputs before it reruns the job, so a download of another datas
 would lose the one that worked. So each finished folder is also kept, as hard links (no disk of
 their own while the outputs exist), in results/cache/data/<stage>/<key>/, the key a digest of
 what it was made from (its `made_with`: the settings file's digest, the raw data's manifest, a
-folder dataset's listing). A stage that finds its key there links the folder back instead of
+folder dataset's listing) and the stage's code. A stage that finds its key there links the
+folder back instead of
 making it again: switching datasets and back costs seconds, and a failed download or prepare of
 one dataset never deletes another. The KEEP most recent folders of each stage are kept.
 """
@@ -27,7 +28,9 @@ KEEP = 3  # folders kept per stage: the current dataset and the two before it
 
 
 def _entry(stage: str, made_with: dict, root: Path) -> Path:
-    key = digest.bytes_digest(json.dumps(made_with, sort_keys=True).encode())
+    """The folder of what `stage` made from `made_with` with the code it has now."""
+    made = {"made_with": made_with, "code": stages.version(stage)}
+    key = digest.bytes_digest(json.dumps(made, sort_keys=True).encode())
     return root / stage / key
 
 

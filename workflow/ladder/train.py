@@ -242,14 +242,18 @@ class Runtime:
 
 def train(
     name: str, settings: dict, data: str | Path, stats: str | Path, out: str | Path,
-    runtime: Runtime = Runtime(),
+    runtime: Runtime = Runtime(), model_code: dict | None = None,
 ) -> Path:  # fmt: skip
-    """Train experiment `name` into `out`, resuming from <resume_root>/<name>/ when possible."""
+    """Train experiment `name` into `out`, resuming from <resume_root>/<name>/ when possible.
+    `model_code`: the model's files by digest (code.json), part of what the weights depend on."""
     with workspace.experiment_lock(runtime.resume_root, name):
-        return _train_locked(name, settings, Path(data), Path(stats), Path(out), runtime)
+        identity = run_identity(name, settings, Path(data), Path(stats), model_code)
+        return _train_locked(name, settings, identity, Path(data), Path(out), runtime)
 
 
-def run_identity(name: str, settings: dict, data: Path, stats: Path) -> dict:
+def run_identity(
+    name: str, settings: dict, data: Path, stats: Path, model_code: dict | None = None
+) -> dict:
     """Everything the weights depend on; its fingerprint names the resume folder. The data enter
     through the digests prepare recorded in its manifest, each file checked against its digest
     before it is used, and stats.json against its own."""
@@ -275,14 +279,14 @@ def run_identity(name: str, settings: dict, data: Path, stats: Path) -> dict:
             stats.name: manifest.file_digest(stats),
         },
         "code_version": stages.version("train"),
+        "model_code": model_code,
     }
 
 
 def _train_locked(
-    name: str, settings: dict, data: Path, stats: Path, out: Path, runtime: Runtime
+    name: str, settings: dict, identity: dict, data: Path, out: Path, runtime: Runtime
 ) -> Path:
     started = time.perf_counter()
-    identity = run_identity(name, settings, data, stats)
     resume_root = Path(runtime.resume_root)
     state_dir = resume_root / name / config.fingerprint(identity)
     for stale in (resume_root / name).glob("*"):

@@ -39,3 +39,10 @@ class MyNet(nn.Sequential):
             nn.Linear(256, num_classes),
         ]
         super().__init__(*layers)
+
+
+def build(settings: dict, num_classes: int, image_size: int) -> nn.Module:
+    """The registry's builder (ladder.model_registry): the resolved `model` settings."""
+    return MyNet(
+        num_classes, image_size, settings["blocks"], settings["width"], settings["dropout"]
+    )
