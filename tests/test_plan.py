@@ -88,7 +88,7 @@ def test_the_demo_plan_counts_each_models_flops_times_its_steps(tmp_path):
     )
 
 
-def test_evaluation_flops_are_checkpoints_times_val_test_and_tta_passes():
+def test_evaluation_flops_are_checkpoints_times_val_test_and_tta_passes(tmp_path):
     params = config.Params.from_dict(
         {
             "dataset": {"source": "digits", "image_size": 16},
@@ -101,7 +101,8 @@ def test_evaluation_flops_are_checkpoints_times_val_test_and_tta_passes():
     )
     splits = plan.splits(params, REPO / "nowhere")
     assert (splits.train, splits.val, splits.test) == (1149, 288, 360)
-    a, b = (plan.experiment_plan(params.experiments[n], splits, {}, None, 1.0) for n in "ab")
+    costs = plan.Costs(tmp_path / "costs.json")
+    a, b = (plan.experiment_plan(params.experiments[n], splits, {}, None, 1.0, costs) for n in "ab")
     forward = flops.model_cost(params.experiments["a"].train["model"], 10, 16, 64).forward_image
     assert a.eval_flops == forward * 4 * (288 + 360 + 3 * 360)
     assert b.eval_flops == forward * 2 * (288 + 360 + 2 * 360)  # epochs 2, 4; mirror TTA
@@ -240,7 +241,9 @@ def test_a_folder_source_is_unknown_until_prepared(tmp_path):
         }
     )
     splits = plan.splits(params, tmp_path)
-    row = plan.experiment_plan(params.experiments["a"], splits, {}, None, 1.0)
+    row = plan.experiment_plan(
+        params.experiments["a"], splits, {}, None, 1.0, plan.Costs(tmp_path / "costs.json")
+    )
     assert (row.train_images, row.train_flops, row.gpu_seconds) == (None, None, None)
     assert row.checkpoint_bytes > 0
     p = plan.Plan("p", splits, "", 1.0, [row])
@@ -266,3 +269,20 @@ def test_the_table_lists_every_experiment_and_a_total(tmp_path):
     names = [line.split()[0] for line in table[1 : table.index("")]]
     assert names == [*params.experiments, "total"]
     assert "2 TFLOP/s sustained is an ASSUMPTION" in proc.stdout
+
+
+def test_model_costs_are_counted_once_and_a_counted_plan_imports_no_torch(tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(RATE_PARAMS))
+    first = plan.plan(params_file, tmp_path, tmp_path / "none.json", 2.0).as_dict()
+    assert (tmp_path / plan.COSTS).exists()
+    args = f"{str(params_file)!r}, {str(tmp_path)!r}, {str(tmp_path / 'none.json')!r}, 2.0"
+    code = (
+        "import sys, json; from ladder import plan\n"
+        f"r = plan.plan({args})\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'plan': r.as_dict()}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    again = json.loads(done.stdout)
+    assert again["torch"] is False
+    assert again["plan"] == json.loads(json.dumps(first))

@@ -201,7 +201,7 @@ def test_editing_one_model_changes_only_its_experiments_code_record(tmp_path, mo
     monkeypatch.setattr(config, "PACKAGE", tmp_path / "ladder")
     after = params.settings_files()
     changed = sorted(rel for rel in before if before[rel] != after[rel])
-    assert changed == ["experiments/small/code.json"]
+    assert changed == ["code/small.json"]
 
 
 # ----------------------------------------------------------------------------------------------

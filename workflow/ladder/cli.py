@@ -246,7 +246,7 @@ def parser() -> argparse.ArgumentParser:
     runtime.add_argument(
         "--code",
         type=Path,
-        help="results/configs/experiments/<exp>/code.json: the model's code, checked and recorded",
+        help="results/configs/code/<exp>.json: the model's code, checked and recorded",
     )
     runtime.add_argument(
         "--lease-dir",

@@ -299,9 +299,7 @@ class Params:
             files[f"experiments/{name}/train.json"] = exp.train
             files[f"experiments/{name}/evaluate.json"] = exp.evaluate
             files[f"experiments/{name}/report.json"] = {"name": name, **exp.meta}
-            files[f"experiments/{name}/code.json"] = {
-                "model": code.setdefault(model, model_code(model))
-            }
+            files[f"code/{name}.json"] = {"model": code.setdefault(model, model_code(model))}
         return files
 
     def settings(self, relpath: str) -> dict:
@@ -353,7 +351,7 @@ PACKAGE = Path(__file__).resolve().parent
 def model_code(name: str) -> dict:
     """What builds model `name`: its registry entry's builder and the digest of every file it
     runs (the entry's `code`), from this workspace's package. An experiment's training and
-    evaluation read it from results/configs/experiments/<exp>/code.json and check it against
+    evaluation read it from results/configs/code/<exp>.json and check it against
     the code they run: editing one model's files reruns only the experiments that use it."""
     entry = MODELS[name]
     return {

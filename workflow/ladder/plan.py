@@ -29,8 +29,9 @@ import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
-from ladder import config, flops, io, manifest, stages
+from ladder import config, io, manifest, stages
 from ladder.columns import aligned
 
 THROUGHPUT = stages.REPO_ROOT / "benchmarks" / "throughput.json"
@@ -212,6 +213,7 @@ def rate_for(
     runs: dict[str, list],
     bench: Bench | None,
     assumed_tflops: float,
+    costs: Costs,
 ) -> Rate:
     per_image = step_flops / batch
     measured = runs.get(_key(model, batch, splits_.image_size), [])
@@ -226,10 +228,46 @@ def rate_for(
             return Rate(exact[0]["ips"] * per_image, f"bench {bench.device}", True)
         if same:
             near = min(same, key=lambda r: abs(math.log(r["batch"] / batch)))
-            cost = flops.model_cost(near["model"], bench.classes, bench.image_size, near["batch"])
+            cost = costs.get(near["model"], bench.classes, bench.image_size, near["batch"])
             rate = near["ips"] * cost.train_step / near["batch"]
             return Rate(rate, f"bench {bench.device} at batch {near['batch']}", True)
     return Rate(assumed_tflops * 1e12, "assumed", False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model costs, counted once
+
+COSTS = f"{stages.CACHE}/model-costs.json"
+
+
+class Costs:
+    """Model costs (ladder.flops) counted before, kept by what they depend on: the model's
+    settings but its dropout (which adds no FLOPs and no weights), its code (config.model_code),
+    the classes, the image side and the batch. Counting one costs torch's import and a second or
+    so per model; a plan that finds them all here imports no torch at all."""
+
+    def __init__(self, path: Path):
+        self.path, self.changed = path, False
+        try:
+            self.known = io.read_json(path)
+        except (FileNotFoundError, ValueError):
+            self.known = {}
+
+    def get(self, model: dict, classes: int, image_size: int, batch: int):
+        shape = {k: v for k, v in model.items() if k != "dropout"}
+        key = json.dumps(
+            [shape, config.model_code(model["name"]), classes, image_size, batch], sort_keys=True
+        )
+        if key not in self.known:
+            from ladder import flops  # torch: only for what was never counted
+
+            self.known[key] = asdict(flops.model_cost(model, classes, image_size, batch))
+            self.changed = True
+        return SimpleNamespace(**self.known[key])
+
+    def save(self) -> None:
+        if self.changed:
+            io.write_json(self.path, self.known)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,13 +337,14 @@ def experiment_plan(
     runs: dict[str, list],
     bench: Bench | None,
     assumed_tflops: float,
+    costs: Costs,
 ) -> ExperimentPlan:
     s = exp.train
     epochs, batch = s["epochs"], s["batch_size"]
     checkpoints = len(exp.checkpoint_epochs)
     passes = tta_passes(exp.evaluate)
     classes = splits_.classes or 2  # parameters and checkpoint size barely depend on it
-    cost = flops.model_cost(s["model"], classes, splits_.image_size, batch)
+    cost = costs.get(s["model"], classes, splits_.image_size, batch)
     row = ExperimentPlan(
         experiment=exp.name,
         model=s["model"]["name"],
@@ -334,7 +373,7 @@ def experiment_plan(
     row.val_flops = cost.forward_image * splits_.val * epochs
     row.eval_flops = cost.forward_image * checkpoints * (splits_.val + (1 + passes) * splits_.test)
     rate = rate_for(
-        s["model"], batch, splits_, cost.train_step, exp.name, runs, bench, assumed_tflops
+        s["model"], batch, splits_, cost.train_step, exp.name, runs, bench, assumed_tflops, costs
     )
     row.rate_flops_per_second, row.rate_source = rate.flops_per_second, rate.source
     row.gpu_seconds = (row.train_flops + row.val_flops + row.eval_flops) / rate.flops_per_second
@@ -357,9 +396,11 @@ def plan(
     runs = measured_by_runs(params, root, splits_.image_size)
     names = list(params.experiments) if everything else list(params.selected)
     result = Plan(str(params_file), splits_, note, assumed_tflops)
+    costs = Costs(root / COSTS)
     for name in names:
         exp = params.experiments[name]
-        result.experiments.append(experiment_plan(exp, splits_, runs, bench, assumed_tflops))
+        result.experiments.append(experiment_plan(exp, splits_, runs, bench, assumed_tflops, costs))
+    costs.save()
     return result
 
 

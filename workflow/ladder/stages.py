@@ -54,6 +54,8 @@ FAILED = "results/failed"  # a diverged run's last good checkpoints, for its use
 CACHE = "results/cache"  # evaluations by content (checkpoint, settings, data), outside outputs
 LOGS = "logs"
 EXP_CONFIGS = f"{CONFIGS}/experiments/{{exp}}"
+# Apart from the experiments' other settings, which the report reads (DVC: as one folder).
+MODEL_CODE = f"{CONFIGS}/code/{{exp}}.json"
 
 
 def manifest(folder: str) -> str:
@@ -70,7 +72,8 @@ def _code(*modules: str) -> tuple[str, ...]:
 _REGISTRIES = _code("model_registry.py", "data/registry.py", "augment_registry.py")
 _AUGMENT = _code("augment.py", "augment_registry.py")
 # A model's own files are not here: each experiment's training and evaluation depend on those
-# of its model only, through its code.json (ladder.config.model_code), which `configure` writes.
+# of its model only, through its code record (MODEL_CODE, ladder.config.model_code), which
+# `configure` writes.
 _RUN = (*_AUGMENT, *_code("loader.py", "inference.py", "models/__init__.py"))
 _MODEL_FILES = tuple(dict.fromkeys(f for m in MODELS.values() for f in _code(*m.code)))
 
@@ -154,7 +157,7 @@ STAGES: dict[str, Stage] = {
                 *_code("config.py", "data/sources_on_disk.py"),
                 *_REGISTRIES,
                 SCHEMA,
-                *_MODEL_FILES,  # ... whose digests it writes into each experiment's code.json
+                *_MODEL_FILES,  # ... whose digests it writes into each experiment's code record
             ),
             params=True,
         ),
@@ -194,12 +197,12 @@ STAGES: dict[str, Stage] = {
             cmd=_ladder(
                 "train",
                 f"--experiment {{exp}} --settings {EXP_CONFIGS}/train.json"
-                f" --code {EXP_CONFIGS}/code.json --data {PREPARED} --stats {STATS} --out {RUN}",
+                f" --code {MODEL_CODE} --data {PREPARED} --stats {STATS} --out {RUN}",
                 foreach=True,
             ),
             deps={
                 "settings": f"{EXP_CONFIGS}/train.json",
-                "model_code": f"{EXP_CONFIGS}/code.json",
+                "model_code": MODEL_CODE,
                 "prepared": manifest(PREPARED),
                 "stats": STATS,
             },
@@ -219,12 +222,12 @@ STAGES: dict[str, Stage] = {
             cmd=_ladder(
                 "evaluate",
                 f"--run {RUN} --settings {EXP_CONFIGS}/evaluate.json"
-                f" --code {EXP_CONFIGS}/code.json --data {PREPARED}",
+                f" --code {MODEL_CODE} --data {PREPARED}",
                 foreach=True,
             ),
             deps={
                 "settings": f"{EXP_CONFIGS}/evaluate.json",
-                "model_code": f"{EXP_CONFIGS}/code.json",
+                "model_code": MODEL_CODE,
                 "prepared": manifest(PREPARED),
                 "config": f"{RUN}/config.json",
                 "checkpoints": manifest(f"{RUN}/checkpoints"),
