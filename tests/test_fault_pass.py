@@ -1,0 +1,185 @@
+"""Faults found by a fault-injection pass against the integrity promise (README, "What is
+checked, and where"): each test injects the fault for real in a workspace built by Snakemake,
+then runs what the README says to run, and asserts what the README promises.
+
+A tiny project is built once by Snakemake alone (no `ladder dvc-commit`, so its data folders
+are hard-linked with the data store results/cache/data/, as in any Snakemake-only workspace);
+each test works on a `cp -a` copy of it, which keeps those hard links (shutil.copytree, which
+Project.copy uses, does not: a copy made that way hides the first fault below).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Deadline, Project, finish
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENTS = {
+    "root": {
+        "model": {"name": "mynet", "blocks": 1, "width": 4},
+        "augment": {"hflip": 0.0},
+        "optimizer": {"lr": 0.05},
+        "batch_size": 16,
+        "epochs": 1,
+        "log_every": 50,
+    },
+}
+PARAMS = {"dataset": {"source": "digits", "image_size": 8}, "experiments": EXPERIMENTS}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Project:
+    project = Project(tmp_path_factory.mktemp("fault_pass") / "built", PARAMS)
+    project.snakemake("report", expected=30)
+    return project
+
+
+@pytest.fixture
+def project(built, tmp_path) -> Project:
+    root = tmp_path / "p"
+    subprocess.run(["cp", "-a", str(built.root), str(root)], check=True)  # hard links kept
+    copy = Project.__new__(Project)
+    copy.root = root
+    return copy
+
+
+def edit(project: Project, change) -> None:
+    params = project.params
+    change(params)
+    project.write_params(params)
+
+
+def flip_a_byte(path: Path) -> None:
+    """One byte in the middle of `path` changed in place (same inode, size and timestamps)."""
+    st = path.stat()
+    with path.open("r+b") as f:
+        f.seek(st.st_size // 2)
+        byte = f.read(1)
+        f.seek(st.st_size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def planned(project: Project) -> str:
+    return project.snakemake("report", "-n", expected=20).stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# The data store keeps the damage: the recovery a message names does not recover
+
+
+def test_a_prepared_array_damaged_in_place_is_regenerated_by_the_command_its_message_names(
+    project,
+):
+    """README: `<file>: content differs from <folder>.manifest.json ...; regenerate it with ...`
+    -> "run the command it names, as written, then the same command again".
+
+    In a Snakemake-only workspace results/data/prepared/train_x.npy is a hard link to its copy
+    in results/cache/data/prepare/<key>/prepared/ (ladder.store.keep), so a damage in place
+    damages both. The command named reruns `prepare`, which finds its key in the store and links
+    the damaged copy back (ladder.store.restore checks names and sizes only), so the next run
+    refuses the same file again, forever. Where the fix belongs: store.restore should check the
+    digests of what it links back (manifest.verify), or keep copies, not links; or a
+    --forcerun'd prepare should bypass the store."""
+    path = project.path("results/data/prepared/train_x.npy")
+    flip_a_byte(path)
+    edit(project, lambda p: p["experiments"]["root"].update(seed=3))  # training reads it
+    failed = project.snakemake("report", check=False, expected=30)
+    assert failed.returncode != 0
+    log = project.path("logs/train/root.log").read_text()
+    assert "results/data/prepared/train_x.npy: content differs" in log
+    command = re.search(r"regenerate it with `(snakemake [^`]+)`", log).group(1)
+    assert command == "snakemake results/data/prepared.manifest.json --forcerun prepare --cores 1"
+    project.run(*command.split(), expected=20)
+    again = project.snakemake("report", check=False, expected=30)
+    last = project.path("logs/train/root.log").read_text().rsplit("==== ladder", 1)[-1]
+    assert again.returncode == 0, last[-1500:]
+    assert "Nothing to be done" in planned(project)
+
+
+# ----------------------------------------------------------------------------------------------
+# A failed data job after a dataset edit: nothing left to do, say both the plan and the status
+
+
+def _kill_the_prepare_job(project: Project) -> int:
+    """Run `snakemake report`; SIGKILL the `prepare` job once it has started (the job dies,
+    Snakemake reports it and stops: README's "A job failed"). Snakemake's return code."""
+    log = project.path("logs/prepare.log")
+    before = set(re.findall(r"\(pid (\d+) on ", log.read_text())) if log.exists() else set()
+    run = subprocess.Popen(
+        ["snakemake", "--cores", "1", "report"], cwd=project.root, env=project.env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = Deadline("the prepare job", expected=20)
+    while True:  # a job's log is written anew each run: wait for a session of another process
+        text = log.read_text() if log.exists() else ""
+        started = [p for p in re.findall(r"\(pid (\d+) on ", text) if p not in before]
+        if started:
+            break
+        assert run.poll() is None, "the run ended before prepare started"
+        deadline.check()
+        time.sleep(0.02)
+    pid = int(started[-1])
+    os.kill(pid, signal.SIGKILL)
+    return finish(run, "Snakemake after its job died", expected=20)
+
+
+def test_a_prepare_that_failed_after_a_dataset_edit_runs_again(project):
+    """README: "A job failed, or Snakemake was stopped -> run the same command again: the
+    profile reruns what a failed or killed run left unfinished".
+
+    After an edit of dataset.split_seed, Snakemake removes results/data/prepared (and its
+    manifest) before it runs `prepare`; when that job fails, the next plan has "Nothing to be
+    done": Snakemake does not rerun a job for a missing output when the jobs after it are
+    complete (ladder/snakefile.py: `_problem` returns None for a folder not made yet, assuming
+    "Snakemake runs the job anyway"), and `changed_settings` skips a job with no results, while
+    nothing downstream records prepare.json. `ladder status` says `done`, `ladder dvc-commit`
+    says "Snakemake's results are up to date" (then fails in `dvc commit`), and the report keeps
+    showing split_seed 0's numbers as current. Where the fix belongs: ladder/snakefile.py
+    (force the job whose declared output is missing while a job after it has results), and
+    ladder/status.py (data missing is not `done`)."""
+    edit(project, lambda p: p["dataset"].update(split_seed=7))
+    assert _kill_the_prepare_job(project) != 0
+    assert not project.path("results/data/prepared.manifest.json").exists()
+    plan = planned(project)
+    assert re.search(r"^(local)?rule prepare:", plan, re.M), plan[-1500:]
+    status = project.run("ladder", "status", expected=10).stdout
+    assert not re.search(r"^root\s+done\b", status, re.M), status
+
+
+# ----------------------------------------------------------------------------------------------
+# --touch and a result damaged in place
+
+
+def test_touch_refuses_a_checkpoint_damaged_in_place(project):
+    """README: "`--touch` refuses (before it touches anything) when it would pass off as current
+    a result ... that is damaged".
+
+    A checkpoint damaged in place (same size, timestamp kept), then a comment added to train.py
+    and the README's `snakemake report --touch`: it succeeds and the plan is empty; `ladder
+    dvc-commit` then records the damaged bytes in dvc.lock (and DVC's cache), as a current
+    result. refuse_touch (ladder/snakefile.py) only has the plan's cheap checks (names and
+    sizes); --touch is rare, so it can afford manifest.verify of every output it touches (and
+    ladder.engines.dvc_commit the same before `dvc commit`)."""
+    checkpoint = project.path("results/experiments/root/checkpoints/epoch_001.pt")
+    # its own file first: the finished run's resume folder keeps a link to the same bytes
+    data = checkpoint.read_bytes()
+    st = checkpoint.stat()
+    checkpoint.unlink()
+    checkpoint.write_bytes(data)
+    os.utime(checkpoint, ns=(st.st_atime_ns, st.st_mtime_ns))
+    flip_a_byte(checkpoint)
+    module = project.path("workflow/ladder/train.py")
+    module.write_text(module.read_text() + "\n# a comment: results unchanged\n")
+    touched = project.snakemake("report", "--touch", check=False, expected=20)
+    assert touched.returncode != 0, "--touch passed off a damaged checkpoint as current"
+    assert "epoch_001.pt" in touched.stderr
+
