@@ -182,4 +182,3 @@ def test_touch_refuses_a_checkpoint_damaged_in_place(project):
     touched = project.snakemake("report", "--touch", check=False, expected=20)
     assert touched.returncode != 0, "--touch passed off a damaged checkpoint as current"
     assert "epoch_001.pt" in touched.stderr
-
