@@ -73,7 +73,7 @@ def planned(project: Project) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# The data store keeps the damage: the recovery a message names does not recover
+# The data store holds the same files: the recovery a message names must still recover
 
 
 def test_a_prepared_array_damaged_in_place_is_regenerated_by_the_command_its_message_names(
@@ -84,11 +84,9 @@ def test_a_prepared_array_damaged_in_place_is_regenerated_by_the_command_its_mes
 
     In a Snakemake-only workspace results/data/prepared/train_x.npy is a hard link to its copy
     in results/cache/data/prepare/<key>/prepared/ (ladder.store.keep), so a damage in place
-    damages both. The command named reruns `prepare`, which finds its key in the store and links
-    the damaged copy back (ladder.store.restore checks names and sizes only), so the next run
-    refuses the same file again, forever. Where the fix belongs: store.restore should check the
-    digests of what it links back (manifest.verify), or keep copies, not links; or a
-    --forcerun'd prepare should bypass the store."""
+    damages both: the command named reruns `prepare`, whose store must refuse its damaged copy
+    (every digest checked before it links a folder back), or the next run would refuse the same
+    file again, forever."""
     path = project.path("results/data/prepared/train_x.npy")
     flip_a_byte(path)
     edit(project, lambda p: p["experiments"]["root"].update(seed=3))  # training reads it
@@ -137,15 +135,11 @@ def test_a_prepare_that_failed_after_a_dataset_edit_runs_again(project):
     profile reruns what a failed or killed run left unfinished".
 
     After an edit of dataset.split_seed, Snakemake removes results/data/prepared (and its
-    manifest) before it runs `prepare`; when that job fails, the next plan has "Nothing to be
-    done": Snakemake does not rerun a job for a missing output when the jobs after it are
-    complete (ladder/snakefile.py: `_problem` returns None for a folder not made yet, assuming
-    "Snakemake runs the job anyway"), and `changed_settings` skips a job with no results, while
-    nothing downstream records prepare.json. `ladder status` says `done`, `ladder dvc-commit`
-    says "Snakemake's results are up to date" (then fails in `dvc commit`), and the report keeps
-    showing split_seed 0's numbers as current. Where the fix belongs: ladder/snakefile.py
-    (force the job whose declared output is missing while a job after it has results), and
-    ladder/status.py (data missing is not `done`)."""
+    manifest) before it runs `prepare`; when that job fails, Snakemake alone would have "Nothing
+    to be done" (it reruns a job for a missing output only when a job after it runs anyway), and
+    the report would keep showing split_seed 0's numbers as current. A missing output forces its
+    job (ladder.snakefile), and `ladder status` does not call a run trained on missing data
+    `done`."""
     edit(project, lambda p: p["dataset"].update(split_seed=7))
     assert _kill_the_prepare_job(project) != 0
     assert not project.path("results/data/prepared.manifest.json").exists()
@@ -164,11 +158,9 @@ def test_touch_refuses_a_checkpoint_damaged_in_place(project):
     a result ... that is damaged".
 
     A checkpoint damaged in place (same size, timestamp kept), then a comment added to train.py
-    and the README's `snakemake report --touch`: it succeeds and the plan is empty; `ladder
-    dvc-commit` then records the damaged bytes in dvc.lock (and DVC's cache), as a current
-    result. refuse_touch (ladder/snakefile.py) only has the plan's cheap checks (names and
-    sizes); --touch is rare, so it can afford manifest.verify of every output it touches (and
-    ladder.engines.dvc_commit the same before `dvc commit`)."""
+    and the README's `snakemake report --touch`: a plan's cheap checks (names and sizes) cannot
+    see it, so --touch, which vouches for every result, checks every digest first, as `ladder
+    dvc-commit` does before anything goes into dvc.lock."""
     checkpoint = project.path("results/experiments/root/checkpoints/epoch_001.pt")
     # its own file first: the finished run's resume folder keeps a link to the same bytes
     data = checkpoint.read_bytes()
@@ -182,3 +174,9 @@ def test_touch_refuses_a_checkpoint_damaged_in_place(project):
     touched = project.snakemake("report", "--touch", check=False, expected=20)
     assert touched.returncode != 0, "--touch passed off a damaged checkpoint as current"
     assert "epoch_001.pt" in touched.stderr
+    module.write_text(module.read_text().replace("\n# a comment: results unchanged\n", ""))
+    assert "Nothing to be done" in planned(project)  # the damage is past every plan's checks
+    committed = project.run("ladder", "dvc-commit", check=False, expected=20)
+    assert committed.returncode != 0
+    assert "epoch_001.pt: content differs" in committed.stderr
+    assert "Traceback" not in committed.stderr

@@ -20,6 +20,7 @@ reruns them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -98,8 +99,23 @@ def dvc_commit(root: str | Path = ".", params_file: str = stages.PARAMS) -> None
             "`snakemake report --cores 1` first"
         )
     check_snakemake_done(root, params)
+    # What goes into dvc.lock is vouched for: every byte of every finished folder (a file
+    # damaged in place keeps its size and timestamp, and neither engine's plan notices it).
+    from ladder import snakefile
+
+    everything = dataclasses.replace(params, selected=tuple(params.experiments))
+    damaged = snakefile.unverified(everything, root)
+    if damaged:
+        raise NotInSyncError(
+            "results that are not what their manifests record, not recorded in dvc.lock: "
+            + "; ".join(f"{why} (regenerate {output})" for output, why in damaged.items())
+        )
     log.info("Snakemake's results are up to date with %s; recording them in dvc.lock", params_file)
-    subprocess.run([_tool("dvc"), "commit", "--force", "--quiet"], cwd=root, check=True)
+    done = subprocess.run(
+        [_tool("dvc"), "commit", "--force"], cwd=root, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise NotInSyncError(f"`dvc commit` failed:\n{(done.stdout + done.stderr)[-2000:]}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -110,8 +110,10 @@ def _damaged(path: Path, what: str) -> ManifestError:
     return ManifestError(f"{path}: {what}; {stages.regenerate(path)}")
 
 
-def read(folder: str | Path) -> dict:
-    """The sibling manifest of `folder`, checked against the folder (see the module doc)."""
+def read(folder: str | Path, track: bool = True) -> dict:
+    """The sibling manifest of `folder`, checked against the folder (see the module doc). A
+    job's reads are tracked (ladder.provenance) unless `track` is off: a folder the job only
+    consults, such as a cache's."""
     from ladder import provenance
 
     folder = Path(folder)
@@ -121,7 +123,7 @@ def read(folder: str | Path) -> dict:
     if not outer.exists() or not inner.exists():
         missing = outer if not outer.exists() else inner
         raise _damaged(missing, f"manifest of {folder} not found")
-    manifest = provenance.read_json(outer)
+    manifest = provenance.read_json(outer) if track else io.read_json(outer)
     try:
         inner_manifest = io.read_json(inner)
     except ValueError as e:
@@ -173,11 +175,12 @@ def verify_beside(folder: str | Path, names: Iterable[str] | None = None) -> Non
             raise _damaged(path, f"content differs from what {folder / INNER} recorded")
 
 
-def verify(folder: str | Path, names: Iterable[str]) -> dict:
-    """`read(folder)`, then the digest of each of `names` (files of the folder); return the
-    manifest. The check before a stage uses a file it did not write."""
+def verify(folder: str | Path, names: Iterable[str] | None = None, track: bool = True) -> dict:
+    """`read(folder)`, then the digest of each of `names` (files of the folder; all when None);
+    return the manifest. The check before a stage uses a file it did not write."""
     folder = Path(folder)
-    manifest = read(folder)
+    manifest = read(folder, track)
+    names = manifest["files"] if names is None else names
     for rel in names:
         entry = manifest["files"].get(rel)
         path = folder / rel

@@ -189,14 +189,11 @@ def changed_settings(params: config.Params, root: Path) -> dict[str, str]:
 
 def refuse_touch(params: config.Params, root: Path, forced: dict[str, str]) -> None:
     """--touch marks outputs as current: refuse it where that would pass off as current a
-    result that was never made, or was made with other settings or data, or is damaged."""
-    never = [
-        at(stage.out_paths[0])
-        for stage, _, at in _jobs(params)
-        if not any((root / at(p)).exists() for p in stage.out_paths)
+    result that was never made, or was made with other settings or data, or is damaged, down to
+    a byte changed in place (every file's digest: --touch is rare, and vouches for them all)."""
+    problems = [
+        f"{output}: {why}" for output, why in {**forced, **unverified(params, root)}.items()
     ]
-    problems = [f"{output}: never made" for output in never]
-    problems += [f"{output}: {why}" for output, why in forced.items()]
     if problems:
         raise RuntimeError(
             "--touch would mark results as current that are not: "
@@ -207,14 +204,31 @@ def refuse_touch(params: config.Params, root: Path, forced: dict[str, str]) -> N
         )
 
 
+def unverified(params: config.Params, root: Path) -> dict[str, str]:
+    """Output -> what is wrong, for every finished folder of the DAG whose files do not all
+    match their manifest's digests (what a command that vouches for results checks first:
+    --touch, ladder dvc-commit)."""
+    found = {}
+    for stage, _, at in _jobs(params):
+        for out in stage.outs.values():
+            folder = root / at(out.path)
+            if not (out.folder and out.manifest and manifest.sibling(folder).exists()):
+                continue
+            try:
+                manifest.verify(folder)
+            except manifest.ManifestError as e:
+                found[stages.manifest(at(out.path))] = str(e).split("; regenerate", 1)[0]
+    return found
+
+
 # ----------------------------------------------------------------------------------------------
 # Finished outputs that are no longer whole
 
 
 def damaged_outputs(params: config.Params, root: Path) -> dict[str, str]:
     """Output that stands for a damaged result -> what is wrong, for every job of the DAG whose
-    output is there but not whole. Cheap: a stat per file of each folder, and the small records
-    read whole (large files are checked by digest where they are read)."""
+    outputs are missing or not whole. Cheap: a stat per file of each folder, and the small
+    records read whole (large files are checked by digest where they are read)."""
     found = {}
     for stage, _, at in _jobs(params):
         for out in stage.outs.values():
@@ -228,10 +242,15 @@ def damaged_outputs(params: config.Params, root: Path) -> dict[str, str]:
 
 def _problem(root: Path, path: str, out: stages.Out) -> str | None:
     full = root / path
+    # Missing: not made yet, or removed (a job killed after an edit, a folder deleted). Either
+    # way the job must run: Snakemake itself would not rerun it while the jobs after it have
+    # their results, which would then pass for results of what params.yaml says now.
+    paths = [path, stages.manifest(path)] if out.folder and out.manifest else [path]
+    missing = [p for p in paths if not (root / p).exists()]
+    if missing:
+        return f"{missing[0]}: missing"
     try:
         if out.folder and out.manifest:
-            if not full.exists() and not manifest.sibling(full).exists():
-                return None  # not made yet: Snakemake runs the job anyway
             manifest.read(full)
             manifest.verify_beside(full)
         elif out.record and full.is_file():

@@ -154,17 +154,20 @@ def changes(trained: dict, wanted: dict) -> list[str]:
 
 def data_changes(root: Path, run_config: dict) -> list[str]:
     """Inputs whose digest differs from the one training recorded (prepared files through their
-    manifest, stats.json by its digest); inputs not there now are not compared."""
+    manifest, stats.json by its digest), or that are gone: the engines would make them again,
+    and the run with them."""
     prepared = manifest.sibling(root / stages.PREPARED)
-    files = io.read_json(prepared)["files"] if prepared.exists() else {}
+    files = io.read_json(prepared)["files"] if prepared.exists() else None
     stats = root / stages.STATS
     found = []
     for name, digest in run_config.get("inputs", {}).items():
         if name == stats.name:
-            now = manifest.file_digest(stats) if stats.exists() else digest
+            now = manifest.file_digest(stats) if stats.exists() else None
         else:
-            now = files.get(name, {}).get("digest", digest)
-        if now != digest:
+            now = None if files is None else files.get(name, {}).get("digest")
+        if now is None:
+            found.append(f"{name} missing")
+        elif now != digest:
             found.append(f"{name} changed")
     return found
 

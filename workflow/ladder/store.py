@@ -52,7 +52,9 @@ def restore(stage: str, made_with: dict, out: str | Path, root: Path = ROOT) -> 
     if not kept.is_dir():
         return False
     try:
-        manifest.read(kept)  # every file there, with its size (readers check the digests)
+        # Every byte: in a workspace the kept folder and the output are the same files (links),
+        # so an output damaged in place is damaged here too, and must be made again.
+        manifest.verify(kept, track=False)
     except manifest.ManifestError as e:
         log.warning("not using %s (%s)", kept, str(e).split("; regenerate", 1)[0])
         shutil.rmtree(kept.parent)

@@ -38,7 +38,7 @@ def build_report(
     manifest.verify(data, tables.DATA_FILES)
     for name in names:
         run = Path(runs) / name
-        manifest.verify(run / "eval", manifest.read(run / "eval")["files"])
+        manifest.verify(run / "eval")
         manifest.verify_beside(run / "checkpoints", tables.RUN_TABLES)
     loaded = tables.read_runs(names, configs, runs, tables.read_labels(data))
     images, classes = tables.read_images(data), tables.read_classes(data)
