@@ -191,9 +191,14 @@ def refuse_touch(params: config.Params, root: Path, forced: dict[str, str]) -> N
     """--touch marks outputs as current: refuse it where that would pass off as current a
     result that was never made, or was made with other settings or data, or is damaged, down to
     a byte changed in place (every file's digest: --touch is rare, and vouches for them all)."""
-    problems = [
-        f"{output}: {why}" for output, why in {**forced, **unverified(params, root)}.items()
-    ]
+    never = {
+        path: "never made"
+        for stage, _, at in _jobs(params)
+        for path in map(at, stage.out_paths)
+        if not (root / path).exists()
+    }
+    wrong = {**never, **forced, **unverified(params, root)}
+    problems = [f"{output}: {why}" for output, why in wrong.items()]
     if problems:
         raise RuntimeError(
             "--touch would mark results as current that are not: "
@@ -230,25 +235,52 @@ def damaged_outputs(params: config.Params, root: Path) -> dict[str, str]:
     outputs are missing or not whole. Cheap: a stat per file of each folder, and the small
     records read whole (large files are checked by digest where they are read)."""
     found = {}
+    later = _made_later(params, root)
     for stage, _, at in _jobs(params):
         for out in stage.outs.values():
-            problem = _problem(root, at(out.path), out)
+            path = at(out.path)
+            paths = [path, stages.manifest(path)] if out.folder and out.manifest else [path]
+            missing = [p for p in paths if not (root / p).exists()]
+            # Missing while a job after it has results (a job killed after an edit, a folder
+            # removed): Snakemake would not rerun it, and those results would pass for what
+            # params.yaml says now. Missing with nothing after it: not made yet, it runs anyway.
+            if missing:
+                problem = f"{missing[0]}: missing" if later(stage, at) else None
+            else:
+                problem = _problem(root, path, out)
             if problem:
-                target = stages.manifest(at(out.path)) if out.manifest else at(out.path)
+                target = stages.manifest(path) if out.manifest else path
                 found[target] = problem
                 break
     return found
 
 
+def _made_later(params: config.Params, root: Path):
+    """A test of whether any job that reads a job's outputs (directly or through others) has
+    results in `root`."""
+    jobs = []  # (outputs, inputs) of every job
+    for stage, _, at in _jobs(params):
+        inputs = {at(p) for p in stage.deps.values()}
+        inputs |= {p.replace("{exp}", e) for e in params.selected for p in stage.each_experiment}
+        jobs.append((frozenset(at(p) for p in stage.out_paths), inputs))
+
+    def test(stage: stages.Stage, at) -> bool:
+        todo, seen = [frozenset(at(p) for p in stage.out_paths)], set()
+        while todo:
+            outputs = todo.pop()
+            for outs, inputs in jobs:
+                if inputs & outputs and outs not in seen:
+                    seen.add(outs)
+                    if any((root / o).exists() for o in outs):
+                        return True
+                    todo.append(outs)
+        return False
+
+    return test
+
+
 def _problem(root: Path, path: str, out: stages.Out) -> str | None:
     full = root / path
-    # Missing: not made yet, or removed (a job killed after an edit, a folder deleted). Either
-    # way the job must run: Snakemake itself would not rerun it while the jobs after it have
-    # their results, which would then pass for results of what params.yaml says now.
-    paths = [path, stages.manifest(path)] if out.folder and out.manifest else [path]
-    missing = [p for p in paths if not (root / p).exists()]
-    if missing:
-        return f"{missing[0]}: missing"
     try:
         if out.folder and out.manifest:
             manifest.read(full)
