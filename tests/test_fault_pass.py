@@ -180,3 +180,12 @@ def test_touch_refuses_a_checkpoint_damaged_in_place(project):
     assert committed.returncode != 0
     assert "epoch_001.pt: content differs" in committed.stderr
     assert "Traceback" not in committed.stderr
+
+
+def test_a_training_whose_outputs_are_gone_runs_again(project):
+    """A training job that failed after Snakemake had removed its outputs (the damaged-array
+    scenario above, before its recovery) leaves the evaluation and the report of the run before
+    it: the training runs again (a file output forces its job as a folder's manifest does)."""
+    project.path("results/experiments/root/config.json").unlink()
+    plan = planned(project)
+    assert re.search(r"^(local)?rule train:", plan, re.M), plan[-1500:]

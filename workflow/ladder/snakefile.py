@@ -249,7 +249,7 @@ def damaged_outputs(params: config.Params, root: Path) -> dict[str, str]:
             else:
                 problem = _problem(root, path, out)
             if problem:
-                target = stages.manifest(path) if out.manifest else path
+                target = paths[-1]  # the file that stands for the output (a manifest)
                 found[target] = problem
                 break
     return found
