@@ -81,6 +81,18 @@ def finish(proc: subprocess.Popen, what: str, expected: float) -> int:
         raise AssertionError(bound.message()) from None
 
 
+def flip_a_byte(path: Path) -> None:
+    """Damage `path` in place as neither engine notices: one byte in the middle changed, the
+    same inode, size and timestamps."""
+    st = path.stat()
+    with path.open("r+b") as f:
+        f.seek(st.st_size // 2)
+        byte = f.read(1)
+        f.seek(st.st_size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 

@@ -15,10 +15,9 @@ import re
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from conftest import Deadline, Project, finish
+from conftest import Deadline, Project, finish, flip_a_byte
 
 pytestmark = pytest.mark.slow
 
@@ -55,17 +54,6 @@ def edit(project: Project, change) -> None:
     params = project.params
     change(params)
     project.write_params(params)
-
-
-def flip_a_byte(path: Path) -> None:
-    """One byte in the middle of `path` changed in place (same inode, size and timestamps)."""
-    st = path.stat()
-    with path.open("r+b") as f:
-        f.seek(st.st_size // 2)
-        byte = f.read(1)
-        f.seek(st.st_size // 2)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def planned(project: Project) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, Deadline, Project, finish
+from conftest import REPO, Deadline, Project, finish, flip_a_byte
 from ladder import manifest, stages
 
 pytestmark = pytest.mark.slow
@@ -315,12 +315,8 @@ def test_a_checkpoint_damaged_in_place_is_refused_where_it_is_read(project):
     # before torch.load sees the file. Code-carrying pickles and random bytes:
     # tests/test_evaluate.py.
     checkpoint = project.path("results/experiments/root/checkpoints/epoch_001.pt")
-    st = checkpoint.stat()
-    data = bytearray(checkpoint.read_bytes())
-    data[len(data) // 2] ^= 0xFF
     checkpoint.chmod(0o644)
-    checkpoint.write_bytes(bytes(data))
-    os.utime(checkpoint, ns=(st.st_atime_ns, st.st_mtime_ns))
+    flip_a_byte(checkpoint)
     edit(project, lambda p: p.update(tta={"seed": 1}))  # evaluation reruns, reading it
     failed = project.snakemake("report", check=False, expected=30)
     assert failed.returncode != 0

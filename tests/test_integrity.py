@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import flip_a_byte
 from ladder import config, evaluate, io, manifest, provenance, stages, train
 from ladder.data import prepare, stats
 from ladder.data.download import download
@@ -89,17 +90,6 @@ def workspace(built, tmp_path, monkeypatch) -> Path:
     shutil.copytree(built, root, symlinks=True)
     monkeypatch.chdir(root)
     return root
-
-
-def flip_a_byte(path: Path) -> None:
-    """Change one byte in the middle of `path`, in place, and put its timestamps back."""
-    st = path.stat()
-    with path.open("r+b") as f:
-        f.seek(st.st_size // 2)
-        byte = f.read(1)
-        f.seek(st.st_size // 2)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def change_a_digit(path: Path) -> None:

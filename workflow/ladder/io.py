@@ -171,13 +171,16 @@ def read_record(path: str | Path) -> dict:
     return check_record(path, read_json(path))
 
 
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
+def read_bytes(path: str | Path) -> bytes:
+    """The file's bytes; a missing file is named."""
     try:
-        data = path.read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
-    return read_json_bytes(path, data)
+
+
+def read_json(path: str | Path) -> Any:
+    return read_json_bytes(path, read_bytes(path))
 
 
 def read_json_bytes(path: str | Path, data: bytes) -> Any:

@@ -54,12 +54,8 @@ def _track(path: Path, data: bytes) -> None:
 
 def read_json(path: str | Path) -> Any:
     """io.read_json, remembering the file's digest."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
-    _track(path, data)
+    data = io.read_bytes(path)
+    _track(Path(path), data)
     return io.read_json_bytes(path, data)
 
 
