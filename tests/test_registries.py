@@ -233,3 +233,13 @@ def test_torchvision_is_imported_only_for_a_torchvision_model():
     imported = imported_by(code)
     assert "torch" in imported
     assert "torchvision" not in imported
+
+
+def test_a_model_edited_after_its_code_record_was_written_is_refused(tmp_path, monkeypatch):
+    recorded = config.model_code("mynet")
+    config.check_model_code(recorded, "code/x.json")  # the code it records: runs
+    shutil.copytree(REPO / "workflow" / "ladder", tmp_path / "ladder")
+    (tmp_path / "ladder" / "models" / "mynet.py").write_text("# mynet, edited\n")
+    monkeypatch.setattr(config, "PACKAGE", tmp_path / "ladder")
+    with pytest.raises(config.CodeChangedError, match=r"models/mynet.py changed since code/x"):
+        config.check_model_code(recorded, "code/x.json")
