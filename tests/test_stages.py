@@ -300,3 +300,22 @@ def test_the_code_check_can_fail():
 
 def test_every_stage_has_an_entry_module():
     assert set(ENTRY) == set(stages.STAGES)
+
+
+# ----------------------------------------------------------------------------------------------
+# The rules' software
+
+
+def test_the_conda_env_is_generated_from_the_pins():
+    committed = (REPO / stages.ENV).read_text()
+    assert committed == stages.conda_env(), (
+        f"{stages.ENV} differs from pyproject.toml's pins: run "
+        f"`ladder conda-env > {stages.ENV}`"
+    )
+    assert "torch==2.14.1" in committed  # the pins themselves, not ranges
+
+
+def test_snakemake_lint_finds_nothing(tmp_path):
+    project = Project(tmp_path / "p", PARAMS)
+    done = project.run("snakemake", "--lint", check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -44,6 +44,10 @@ def _dvc_yaml(args: argparse.Namespace) -> None:
     sys.stdout.write(stages.dvc_yaml())
 
 
+def _conda_env(args: argparse.Namespace) -> None:
+    sys.stdout.write(stages.conda_env())
+
+
 def _check(args: argparse.Namespace) -> None:
     from ladder import config
 
@@ -196,6 +200,11 @@ def parser() -> argparse.ArgumentParser:
 
     y = sub.add_parser("dvc-yaml", help="print dvc.yaml, generated from the stage table")
     y.set_defaults(func=_dvc_yaml)
+
+    ce = sub.add_parser(
+        "conda-env", help="print the rules' conda environment, generated from pyproject.toml"
+    )
+    ce.set_defaults(func=_conda_env)
 
     dc = sub.add_parser(
         "dvc-commit",

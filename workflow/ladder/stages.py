@@ -53,6 +53,7 @@ FINISHED = "finished.json"  # in a resume folder: its run ended (what repeats it
 FAILED = "results/failed"  # a diverged run's last good checkpoints, for its user
 CACHE = "results/cache"  # evaluations by content (checkpoint, settings, data), outside outputs
 LOGS = "logs"
+ENV = "workflow/envs/ladder.yaml"  # every rule's conda environment, generated (conda_env)
 EXP_CONFIGS = f"{CONFIGS}/experiments/{{exp}}"
 # Apart from the experiments' other settings, which the report reads (DVC: as one folder).
 MODEL_CODE = f"{CONFIGS}/code/{{exp}}.json"
@@ -475,3 +476,34 @@ def dvc_plot(plot: Plot) -> dict:
             "y_label": plot.y_label,
         }
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# The rules' conda environment, generated from the project's pins
+
+_ENV_HEADER = """\
+# Generated from pyproject.toml by `ladder conda-env > workflow/envs/ladder.yaml`: do not edit by
+# hand; tests/test_stages.py fails when it differs from what the pins generate.
+#
+# The software every rule runs, for `snakemake --use-conda` (each rule names it: `conda:`). The
+# project's own .venv (make install) needs no conda; this file documents the same pins for a
+# machine without it. Not built in this project's tests: they have no conda.
+"""
+
+
+def conda_env() -> str:
+    """The text of workflow/envs/ladder.yaml: Python and pyproject.toml's exact pins, and the
+    ladder package itself (this checkout, by its path from the file)."""
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    python = project["requires-python"].split(",")[0].removeprefix(">=")
+    env = {
+        "channels": ["conda-forge"],
+        "dependencies": [
+            f"python={python}",
+            "pip",
+            {"pip": [*project["dependencies"], "-e ../.."]},  # the path from this file
+        ],
+    }
+    return _ENV_HEADER + yaml.safe_dump(env, sort_keys=False, width=100)

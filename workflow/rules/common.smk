@@ -43,6 +43,10 @@ def load():
     return _LOADED[0]
 
 
+# Every rule's software, for `snakemake --use-conda` (generated from the pins: ladder conda-env).
+LADDER_ENV = f"../../{stages.ENV}"
+
+
 # A GPU job declares gpu=1, so `--resources gpu=N` caps how many run at once.
 GPUS_PER_JOB = 1 if devices.cuda_present() else 0
 

@@ -8,6 +8,8 @@ rule download:
         **stage_outputs("download"),
     log:
         stage_log("download"),
+    conda:
+        LADDER_ENV
     shell:
         stage_shell("download")
 
@@ -19,6 +21,8 @@ rule prepare:
         **stage_outputs("prepare"),
     log:
         stage_log("prepare"),
+    conda:
+        LADDER_ENV
     threads: stage_threads("prepare")
     shell:
         stage_shell("prepare")
@@ -31,5 +35,7 @@ rule stats:
         **stage_outputs("stats"),
     log:
         stage_log("stats"),
+    conda:
+        LADDER_ENV
     shell:
         stage_shell("stats")

@@ -8,6 +8,8 @@ rule evaluate:
         **stage_outputs("evaluate"),
     log:
         stage_log("evaluate"),
+    conda:
+        LADDER_ENV
     threads: stage_threads("evaluate")
     resources:
         gpu=stage_gpus("evaluate"),

@@ -17,5 +17,7 @@ rule report:
         ),
     log:
         stage_log("report"),
+    conda:
+        LADDER_ENV
     shell:
         stage_shell("report")

@@ -8,6 +8,8 @@ rule train:
         **stage_outputs("train"),
     log:
         stage_log("train"),
+    conda:
+        LADDER_ENV
     threads: stage_threads("train")
     resources:
         gpu=stage_gpus("train"),
