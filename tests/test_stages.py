@@ -309,8 +309,7 @@ def test_every_stage_has_an_entry_module():
 def test_the_conda_env_is_generated_from_the_pins():
     committed = (REPO / stages.ENV).read_text()
     assert committed == stages.conda_env(), (
-        f"{stages.ENV} differs from pyproject.toml's pins: run "
-        f"`ladder conda-env > {stages.ENV}`"
+        f"{stages.ENV} differs from pyproject.toml's pins: run `ladder conda-env > {stages.ENV}`"
     )
     assert "torch==2.14.1" in committed  # the pins themselves, not ranges
 
