@@ -225,10 +225,11 @@ def _write_data(data: Path) -> None:
         )
 
 
-def md_ladder(report: Path) -> pd.DataFrame:
-    """report.md's ladder table, as text cells under its headers."""
+def md_ladder(report: Path, table: int = 0) -> pd.DataFrame:
+    """report.md's ladder table (table=1: the test-picked one), as text cells under its
+    headers."""
     lines = (report / "report.md").read_text(encoding="utf-8").splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| # |"))
+    start = [i for i, line in enumerate(lines) if line.startswith("| # |")][table]
     rows = []
     for line in lines[start:]:
         if not line.startswith("|"):

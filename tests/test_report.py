@@ -304,11 +304,15 @@ def test_markdown_has_the_tables_and_links_the_figures(report):
     lines = (report / "report.md").read_text(encoding="utf-8").splitlines()
     for name in FIGURES:
         assert any(f"(figures/{name}.png)" in line for line in lines)
-    ladder = [line for line in lines if line.startswith(("| 1 | a", "| 2 | b", "| 3 | c"))]
+    ladder = [line for line in lines if line.startswith(("| 1 | a —", "| 2 | b —", "| 3 | c —"))]
     assert ladder[1].startswith(
         "| 2 | b — dropout 0.7, no blur, TTA (seed: a note from the seed) | model.dropout 0.6→0.7;"
     )
     assert len(ladder) == 3
+    picked = [line for line in lines if line.startswith(("| 1 | a |", "| 2 | b |", "| 3 | c |"))]
+    assert len(picked) == 3  # the test-picked table: its own, below the ladder
+    assert picked[0].startswith("| 1 | a | 60.00 (epoch 3) | +20.00 [")
+    assert picked[0].endswith("] | 49.06 (epoch 2) |")
     assert len([line for line in lines if line.startswith(("| a |", "| b |", "| c |"))]) == 9
 
 
@@ -389,6 +393,102 @@ def test_worst_classes_labels_touch_no_line_and_no_other_label():
         for i, label in enumerate(labels):
             assert not any(label.overlaps(line) for line in lines)
             assert not any(label.overlaps(other) for other in labels[i + 1 :])
+    finally:
+        plt.close(fig)
+
+
+def _history(curves: dict[str, list[float]], column: str = "lr") -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"experiment": name, "epoch": e, column: v, "train_acc": 50.0, "val_acc": 40.0}
+            for name, values in curves.items()
+            for e, v in enumerate(values, 1)
+        ]
+    )
+
+
+def test_identical_curves_share_one_line_that_names_them_all():
+    """a and c have the same schedule: drawn apart, one would hide the other. One line for
+    both, its legend entry naming both; b's own line; a log axis with plain tick labels."""
+    curves = {"a": [0.1, 0.01, 0.001], "b": [0.1, 0.05, 0.01], "c": [0.1, 0.01, 0.001]}
+    runs = SimpleNamespace(names=list(curves), history=_history(curves))
+    with plt.rc_context(figures.THEME):
+        fig, caption = figures.learning_rate(runs)
+    try:
+        ax = fig.axes[0]
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a, c (2 experiments)", "b"]
+        assert len(ax.get_lines()) == 2
+        assert ax.get_yscale() == "log"
+        fig.canvas.draw()
+        ticks = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+        assert ticks
+        assert not [t for t in ticks if "$" in t or "mathdefault" in t], ticks
+        assert "share one line" in caption
+    finally:
+        plt.close(fig)
+
+
+def test_a_long_shared_legend_entry_counts_the_rest():
+    names = [f"experiment_{i:02d}" for i in range(12)]
+    label = figures._shared_label(names)
+    assert label.endswith("(12 experiments)")
+    assert len(label.splitlines()) <= 3
+    shown = [n for n in names if n in label]
+    assert shown == names[: len(shown)]
+    assert f"and {12 - len(shown)} more" in label
+
+
+def test_ladder_axis_is_zoomed_to_the_numbers_and_their_intervals():
+    """Rungs between 40 % and 60 % on a 0-100 axis would look flat: the axis spans what is
+    drawn (intervals included) with a margin, inside [0, 100]."""
+    ladder = pd.DataFrame(
+        {
+            "experiment": ["a", "b", "c"],
+            "test_acc": [40.0, 50.0, 60.0],
+            "test_acc_low": [35.0, 45.0, 55.0],
+            "test_acc_high": [45.0, 55.0, 66.0],
+            "test_acc_tta": [np.nan, 51.0, 61.0],
+            "val_acc": [42.0, 52.0, 62.0],
+            "ref_test": [np.nan, 48.0, np.nan],
+            "ref_val": [np.nan, np.nan, np.nan],
+        }
+    )
+    with plt.rc_context(figures.THEME):
+        fig, caption = figures.ladder_chart(ladder)
+    try:
+        low, high = fig.axes[0].get_ylim()
+        assert 25 < low <= 35, low
+        assert 66 <= high < 75, high
+        assert "need not start at 0" in caption
+    finally:
+        plt.close(fig)
+    ladder[["test_acc_low", "val_acc"]] = [[0.5, 1.0], [45.0, 52.0], [55.0, 62.0]]
+    with plt.rc_context(figures.THEME):
+        fig, _ = figures.ladder_chart(ladder)
+    assert fig.axes[0].get_ylim()[0] == 0  # never below 0 %
+    plt.close(fig)
+
+
+def test_a_panel_without_a_train_line_says_why():
+    """c logs every 100 steps and ran 3 epochs of 5: no train window, and its panel says so; a
+    and b have their lines and no such note."""
+    settings = {
+        "a": {"batch_size": 4, "epochs": 3, "log_every": 2},
+        "b": {"batch_size": 4, "epochs": 3, "log_every": 2},
+        "c": {"batch_size": 4, "epochs": 3, "log_every": 100},
+    }
+    steps = pd.DataFrame(
+        [{"experiment": n, "step": s, "acc": 50.0} for n in ("a", "b") for s in range(2, 16, 2)]
+    )
+    history = _history({n: [0.1, 0.1, 0.1] for n in settings})
+    runs = SimpleNamespace(names=list(settings), settings=settings, history=history, steps=steps)
+    with plt.rc_context(figures.THEME):
+        fig, caption = figures.accuracy_vs_step(runs, train_images=20)
+    try:
+        notes = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in fig.axes}
+        assert notes["c"] == ["no train window logged:\nlog_every 100 > 15 steps in all"]
+        assert notes["a"] == notes["b"] == []
+        assert "says why" in caption
     finally:
         plt.close(fig)
 

@@ -137,9 +137,12 @@ def test_page_shows_user_text_as_text(hostile):
     assert "script" not in tags
     assert tags.count("img") == len(list((hostile / "figures").iterdir()))
     assert "b" not in tags  # NOTES' <b>: only the page's own markup (strong, span, ...)
+    figures = {f"figures/{p.name}" for p in (hostile / "figures").iterdir()}
     for tag, attrs in page.elements:
         assert not [name for name in attrs if name.startswith("on") or name == "style"], tag
-        assert "href" not in attrs, tag
+        if "href" in attrs:  # only the page's own links: each figure's PNG, full size
+            assert tag == "a", attrs
+            assert attrs["href"] in figures, attrs
         if "src" in attrs:
             assert attrs["src"].startswith("data:image/png;base64,"), tag
         for value in attrs.values():

@@ -269,6 +269,26 @@ def test_one_run_against_replicates_pools_the_variance():
     assert (result.low, result.high) == pytest.approx((ci.low, ci.high), rel=1e-9)
 
 
+@pytest.mark.parametrize("child_counts", [[100], [100, 9000]])
+def test_t_intervals_keep_to_the_differences_that_exist(child_counts):
+    """Few replicates far apart on a tiny test set: the t interval alone runs past -100 pp (an
+    accuracy difference no two classifiers can have); the reported one stops at -1 and keeps
+    the t interval's other end and the test's p-value."""
+    parent_counts = [9000, 9900]
+    child, parent = replicates(child_counts), replicates(parent_counts, seed=1)
+    c, p = np.array(child_counts) / 10_000, np.array(parent_counts) / 10_000
+    welch = len(child_counts) > 1
+    t = stats.ttest_ind(c, p, equal_var=not welch)
+    ci = t.confidence_interval(0.95)
+    assert ci.low < -1  # the case in point
+    result = sig.compare_to_parent(child, parent)
+    assert result.method == ("welch" if welch else "student")
+    assert result.low == -1.0
+    assert result.high == pytest.approx(min(1.0, ci.high), rel=1e-9)
+    assert result.pvalue == pytest.approx(t.pvalue, rel=1e-9)
+    assert -1 <= result.low <= result.delta <= result.high <= 1
+
+
 def test_seed_variance_counts():
     """The first replicates alone differ by 0.6 points, 60 images all in the child's favour:
     decisive for McNemar. The other seeds score 49.5 and 50.7 for the child, 50.8 and 49.9 for

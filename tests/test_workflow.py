@@ -41,15 +41,6 @@ def test_a_part_of_the_ladder(tmp_path):
     assert counts["train"] == counts["evaluate"] == 1
 
 
-def test_lint_finds_nothing_but_the_deployment_choice(tmp_path):
-    """`snakemake --lint` passes but for per-rule conda environments: the workflow deploys with
-    the project's own virtualenv (make install), which pins every dependency."""
-    project = Project(tmp_path / "p", yaml.safe_load((REPO / "params.yaml").read_text()))
-    proc = project.snakemake("--lint", check=False)
-    lints = set(re.findall(r"^    \* (.+?):$", proc.stdout + proc.stderr, flags=re.M))
-    assert lints == {"Specify a conda environment or container for each rule."}
-
-
 @pytest.mark.slow
 def test_the_demo_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch):
     """The demo as `make demo` runs it (about a minute on 2 idle cores): every rung learns, the

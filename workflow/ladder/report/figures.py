@@ -7,6 +7,7 @@ declare them. Facets wrap at COLUMNS per row and legends of many lines sit outsi
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from matplotlib.transforms import blended_transform_factory
 
 from ladder.augment import Augment
@@ -119,26 +120,47 @@ def _grid_legend(grid: sns.FacetGrid, styles: dict[str, dict]) -> None:
 
 
 def _lines(runs: Runs, y: str, data: pd.DataFrame) -> tuple[plt.Figure, plt.Axes]:
-    """One line per experiment against the epoch, the legend at the right."""
-    n = len(runs.names)
+    """One line per distinct curve against the epoch, the legend at the right. Experiments with
+    identical curves (the same schedule: common in a ladder) share a line and a legend entry
+    that names them all: drawn one over the other, all but the last would be hidden."""
+    groups: dict[tuple, list[str]] = {}
+    data = data[data["experiment"].isin(runs.names)]  # seed replicates: their own figures
+    for name, part in data.groupby("experiment", sort=False):
+        key = tuple(part[["epoch", y]].itertuples(index=False, name=None))
+        groups.setdefault(key, []).append(name)
+    order = {name: i for i, name in enumerate(runs.names)}
+    shared = sorted(groups.values(), key=lambda names: order[names[0]])
+    labels = [_shared_label(names) for names in shared]
+    n = len(shared)
     fig, ax = plt.subplots(figsize=(7.5 + (1.6 if n > 14 else 0), 3.8))
     few = data["epoch"].max() <= 40  # markers on longer runs only blur the lines
-    sns.lineplot(
-        data,
-        x="epoch",
-        y=y,
-        hue="experiment",
-        hue_order=runs.names,
-        palette=_palette(runs.names),
-        marker="o" if few else None,
-        markersize=4,
-        ax=ax,
-    )
+    colors = _palette(labels)
+    for names, label in zip(shared, labels, strict=True):
+        part = data[data["experiment"] == names[0]]
+        ax.plot(
+            part["epoch"], part[y], color=colors[label], label=label, lw=1.5,
+            marker="o" if few or len(part) < 3 else None, markersize=4,
+        )  # fmt: skip
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    sns.move_legend(
-        ax, "upper left", bbox_to_anchor=(1.01, 1), ncol=1 if n <= 14 else 2, title=None
-    )
+    ax.set(xlabel="epoch")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), ncol=1 if n <= 14 else 2)
     return fig, ax
+
+
+def _shared_label(names: list[str], width: int = 44, lines: int = 3) -> str:
+    """A legend entry for the experiments sharing a curve: their names, wrapped in at most
+    `lines` lines, those that do not fit counted."""
+    if len(names) == 1:
+        return names[0]
+    count = f" ({len(names)} experiments)"
+    shown = len(names)
+    while shown > 1:
+        rest = f" and {len(names) - shown} more" if shown < len(names) else ""
+        wrapped = textwrap.wrap(", ".join(names[:shown]) + rest + count, width)
+        if len(wrapped) <= lines:
+            return "\n".join(wrapped)
+        shown -= 1
+    return "\n".join(textwrap.wrap(f"{names[0]} and {len(names) - 1} more{count}", width))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,16 +202,26 @@ def ladder_chart(ladder: pd.DataFrame) -> tuple[plt.Figure, str]:
     ax.errorbar(x, test, yerr=spread, fmt="none", ecolor=TEST_COLOR, elinewidth=1, capsize=3)
     ax.set_xticks(x, [f"{i}. {name}" for i, name in zip(x, ladder["experiment"], strict=True)])
     plt.setp(ax.get_xticklabels(), rotation=40 if n > 3 else 0, ha="right" if n > 3 else "center")
-    top = np.nanmax([v.to_numpy(dtype=float) for v, *_ in series.values()])
-    ax.set(xlabel=None, ylabel="accuracy (%)", xlim=(0.5, n + 0.5), ylim=(0, min(100, top + 5)))
+    ax.set(xlabel=None, ylabel="accuracy (%)", xlim=(0.5, n + 0.5), ylim=_zoom(ladder, series))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     caption = (
         "The ladder, accuracy in %: our test accuracy without TTA at each rung's val-picked "
         "checkpoint (the result; bars: its 95% Wilson interval), the TTA vote at the same "
         "checkpoint where the rung uses TTA (dotted), and val accuracy, beside the numbers the "
-        "seed reported (hollow markers). A rung with seed replicates shows their mean."
+        "seed reported (hollow markers). A rung with seed replicates shows their mean. The "
+        "axis is zoomed to the numbers and their intervals: it need not start at 0."
     )
     return fig, caption
+
+
+def _zoom(ladder: pd.DataFrame, series: dict) -> tuple[float, float]:
+    """Accuracy limits around every number drawn and the intervals, with a margin, in [0, 100]:
+    on a 0-100 axis the differences between rungs, a few points, would be flat."""
+    drawn = [v.to_numpy(dtype=float) for v, *_ in series.values()]
+    drawn += [ladder[c].to_numpy(dtype=float) for c in ("test_acc_low", "test_acc_high")]
+    low, high = np.nanmin(np.concatenate(drawn)), np.nanmax(np.concatenate(drawn))
+    margin = max(2.0, 0.08 * (high - low))
+    return max(0.0, low - margin), min(100.0, high + margin)
 
 
 def accuracy_vs_step(runs: Runs, train_images: int) -> tuple[plt.Figure, str]:
@@ -208,16 +240,34 @@ def accuracy_vs_step(runs: Runs, train_images: int) -> tuple[plt.Figure, str]:
     )[["experiment", "step", "acc", "series"]]
 
     def panel(data: pd.DataFrame, **_) -> None:
+        ax = plt.gca()
         for label, style in styles.items():
             part = data[data["series"] == label]
-            plt.gca().plot(part["step"], part["acc"], **style)
+            # one or two points: markers, or a lone point would draw nothing
+            ax.plot(
+                part["step"],
+                part["acc"],
+                **(style | ({"marker": "o", "ms": 3} if len(part) < 3 else {})),
+            )
+        name = data["experiment"].iloc[0]
+        if (data["series"] == train_label).sum() == 0:
+            ax.text(
+                0.5, 0.06, _no_train_window(runs.settings[name], steps_per_epoch[name]),
+                transform=ax.transAxes, ha="center", va="bottom", fontsize=7, color="0.35",
+            )  # fmt: skip
 
     fig = _faceted(data, runs.names, panel, "optimiser step", styles)
     caption = (
         "Accuracy (%) against the optimiser step: train accuracy over each logged window of "
-        "batches (augmented, as trained) and val accuracy at the end of every epoch."
+        "batches (augmented, as trained) and val accuracy at the end of every epoch. A panel "
+        "without a train line says why: its log_every is more steps than the run took."
     )
     return fig, caption
+
+
+def _no_train_window(settings: dict, steps_per_epoch: int) -> str:
+    total = settings["epochs"] * steps_per_epoch
+    return f"no train window logged:\nlog_every {settings['log_every']} > {total} steps in all"
 
 
 def checkpoint_accuracy(runs: Runs) -> tuple[plt.Figure, str]:
@@ -253,7 +303,7 @@ def gap(runs: Runs) -> tuple[plt.Figure, str]:
     caption = (
         "Generalisation gap: train minus val accuracy per epoch, in percentage points (train "
         "accuracy is measured on augmented batches, so strong augmentation can push it below "
-        "zero)."
+        "zero). Experiments with identical curves share one line."
     )
     return fig, caption
 
@@ -263,8 +313,15 @@ def learning_rate(runs: Runs) -> tuple[plt.Figure, str]:
     fig, ax = _lines(runs, "lr", runs.history)
     if (lr > 0).all() and lr.max() >= 10 * lr.min():  # rates a decade apart: a log scale
         ax.set_yscale("log")
+        # Plain numbers: the default labels are mathtext, which THEME turns off for names.
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set(ylabel="learning rate")
-    return fig, "Learning rate at the start of each epoch."
+    caption = (
+        "Learning rate at the start of each epoch. Experiments with the same schedule share one "
+        "line, named together in the legend."
+    )
+    return fig, caption
 
 
 def worst_classes(

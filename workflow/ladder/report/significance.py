@@ -221,6 +221,12 @@ def compare_to_parent(
     - Replicates whose accuracies do not vary at all (on both sides) give a t-test no variance
       to work with: the one-replicate rule is applied to the first replicate of each side.
 
+    A t interval is the set of differences its test does not reject; two accuracies cannot
+    differ by more than 1, so the set is kept to [-1, 1], the differences that exist. (With
+    few, spread replicates the t interval alone runs past them: [-1.10, -0.43] is [-1, -0.43].)
+    Its coverage is the t interval's, since the true difference always lies in [-1, 1]; the
+    bootstrap intervals never leave it.
+
     within_noise is True when p >= 1 - confidence or the interval contains 0: a change counts
     as real only when both the test and the interval say so. For the t rules the two always
     agree; with one replicate per side they can disagree near the border, and the change is
@@ -248,7 +254,8 @@ def compare_to_parent(
         result = stats.ttest_ind(child_acc, parent_acc, equal_var=not welch)
         ci = result.confidence_interval(confidence)
         delta = float(child_acc.mean() - parent_acc.mean())
-        low, high, pvalue = float(ci.low), float(ci.high), float(result.pvalue)
+        low, high = max(-1.0, float(ci.low)), min(1.0, float(ci.high))
+        pvalue = float(result.pvalue)
         method = "welch" if welch else "student"
     within = bool(pvalue >= alpha or low <= 0 <= high)
     return Comparison(delta, low, high, pvalue, within, method, **counts)
