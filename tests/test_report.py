@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import html.parser
 import json
 import math
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -599,3 +606,83 @@ def test_a_bad_input_fails_naming_it_and_leaves_the_old_report(tmp_path, corrupt
     assert [p.name for p in old.iterdir()] == ["index.html"]
     assert (old / "index.html").read_text(encoding="utf-8") == "previous report"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorBoard's HPARAMS view, read back by a real TensorBoard
+
+
+@contextlib.contextmanager
+def _tensorboard(logdir: Path):
+    """`tensorboard --logdir logdir` on a free loopback port; yields its address."""
+    exe = Path(sys.executable).with_name("tensorboard")
+    proc = subprocess.Popen(
+        [str(exe), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Starts in about 5 s; killed after 120 s if it never says where it listens.
+    timer = threading.Timer(120, proc.kill)
+    timer.start()
+    try:
+        for line in proc.stderr:
+            if found := re.search(r"at (http://127\.0\.0\.1:\d+/)", line):
+                yield found[1]
+                break
+        else:
+            pytest.fail(f"tensorboard exited ({proc.wait()}) without serving")
+    finally:
+        timer.cancel()
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
+def _hparams(url: str, route: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        f"{url}data/plugin/hparams/{route}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "X-XSRF-Protected": "1"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
+def test_tensorboard_shows_every_row_with_its_settings_and_results(report):
+    """TensorBoard's HPARAMS view has a session per ladder row: the settings that differ
+    between the experiments, and the results at the val-picked checkpoint, TTA included."""
+    ladder = pd.read_csv(report / "ladder.csv").set_index("experiment")
+    with _tensorboard(report / "tensorboard") as url:
+        experiment = _hparams(url, "experiment", {"experimentName": ""})
+        query = {
+            "experimentName": "",
+            "allowedStatuses": ["STATUS_UNKNOWN"],
+            "colParams": [],
+            "startIndex": 0,
+            "sliceSize": 100,
+        }
+        for _ in range(120):  # TensorBoard loads the runs in the background: about a second
+            groups = _hparams(url, "session_groups", query)["sessionGroups"]
+            if len(groups) == len(ladder):
+                break
+            time.sleep(0.5)
+    hparams = {h["name"] for h in experiment["hparamInfos"]}
+    assert {"model.dropout", "tta.passes", "augment.blur.p"} <= hparams
+    assert "batch_size" not in hparams  # the same in every experiment
+    metrics = {m["name"]["tag"]: m["displayName"] for m in experiment["metricInfos"]}
+    assert metrics["ladder/test_acc"] == "test, no TTA (%)"
+    assert metrics["ladder/test_acc_tta"] == "test, TTA vote (%)"
+    sessions = {g["name"]: g for g in groups}
+    assert sorted(sessions) == sorted(ladder.index)
+    for name, group in sessions.items():
+        values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        row = ladder.loc[name]
+        assert values["ladder/test_acc"] == pytest.approx(row["test_acc"], abs=1e-4)
+        assert values["ladder/best_epoch"] == row["best_epoch"]
+        if math.isnan(row["test_acc_tta"]):
+            assert "ladder/test_acc_tta" not in values
+        else:
+            assert values["ladder/test_acc_tta"] == pytest.approx(row["test_acc_tta"], abs=1e-4)
+    assert sessions["a"]["hparams"]["model.dropout"] == pytest.approx(0.6)
+    assert sessions["b"]["hparams"]["model.dropout"] == pytest.approx(0.7)

@@ -260,6 +260,8 @@ STAGES: dict[str, Stage] = {
                 "html": Out(f"{REPORT}/index.html"),
                 "markdown": Out(f"{REPORT}/report.md"),
                 "figures": Out(f"{REPORT}/figures", folder=True, manifest=False),
+                # TensorBoard's HPARAMS view: a run per ladder row (report/hparams.py)
+                "hparams": Out(f"{REPORT}/tensorboard", folder=True, manifest=False),
                 "metrics": Out(f"{REPORT}/metrics.json", dvc="metrics"),
                 "ladder": Out(f"{REPORT}/ladder.csv"),
                 "checkpoints": Out(f"{REPORT}/checkpoints.csv"),
@@ -275,6 +277,7 @@ STAGES: dict[str, Stage] = {
                     "report/figures.py",
                     "report/html.py",
                     "report/dvc_plots.py",  # the tables `dvc plots` draws
+                    "report/hparams.py",  # ... and TensorBoard's HPARAMS view
                     "report/templates/index.html.j2",  # the page's markup ...
                     "report/templates/report.css",  # ... and its styles
                     "augment.py",

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from ladder import io, manifest, provenance
-from ladder.report import dvc_plots, figures, html, tables
+from ladder.report import dvc_plots, figures, hparams, html, tables
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ def build_report(
     last: str | Path | None = None,
 ) -> Path:
     """Write out/{index.html, report.md, ladder.csv, checkpoints.csv, curves.csv, metrics.json,
-    provenance.json, figures/}; keep a copy of it in `last` (see the module doc)."""
+    provenance.json, figures/, tensorboard/}; keep a copy of it in `last` (see the module
+    doc)."""
     out = Path(out)
     if last is not None and not (out / "index.html").exists() and Path(last).is_dir():
         _copy(Path(last), out)
@@ -50,6 +51,7 @@ def build_report(
         tables.write_csv(checkpoints, tmp / "checkpoints.csv")
         io.write_json(tmp / "metrics.json", tables.metrics(ladder))
         dvc_plots.write(loaded, tmp)
+        hparams.write(loaded, ladder, tmp)
         html.write(tmp, loaded, ladder, checkpoints, captions)
         io.write_json(tmp / "provenance.json", {"made_with": provenance.made_with()})
     if last is not None:

@@ -82,7 +82,8 @@ LADDER_COLUMNS: dict[str, str] = {
     "delta_low": "lower end of the 95% interval of delta_test_vs_parent (pp). One run on each "
     "side: a paired bootstrap over the test images (2,000 resamples, percentile). Seed "
     "replicates on both sides: Welch's t interval of the difference of the mean accuracies; on "
-    "one side only: Student's, the variance pooled",
+    "one side only: Student's, the variance pooled; a t interval is kept to -100..+100 pp, the "
+    "differences two accuracies can have",
     "delta_high": "upper end of the same interval",
     "p_vs_parent": "two-sided p-value of that change: McNemar's exact test on the test images "
     "where the two runs disagree (one run on each side), else the t-test of delta_low",
