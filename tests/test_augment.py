@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from ladder import augment
+from ladder.augments import affine, blur, hflip, rotate, solarize, translate
 from scipy import stats
 from torchvision.transforms import v2
 
@@ -127,7 +128,7 @@ def test_rotation_direction_and_resampling_equal_torchvision_exactly():
             shear=[0.0, 0.0],
             interpolation=v2.InterpolationMode.NEAREST,
         )
-        got = augment.affine(x, torch.tensor([angle]), torch.tensor([shift]))[0]
+        got = affine.affine(x, torch.tensor([angle]), torch.tensor([shift]))[0]
         assert torch.equal(got, expected)
 
 
@@ -189,18 +190,18 @@ def reference_pipeline(images: torch.Tensor, s: dict, g: torch.Generator) -> tor
     x = images.float().div_(255)
     n = len(x)
     if s["hflip"] > 0:
-        x = augment.hflip(x, s["hflip"], g)
+        x = hflip.hflip(x, s["hflip"], g)
     if s["translate"]["p"] > 0:
         t = s["translate"]
-        shift = augment.translate_params(n, x.shape[-1], t["p"], t["max"], g, x.device)
-        x = augment.affine(x, torch.zeros(n), shift)
+        shift = translate.translate_params(n, x.shape[-1], t["p"], t["max"], g, x.device)
+        x = affine.affine(x, torch.zeros(n), shift)
     if s["rotate"]["p"] > 0:
-        angle = augment.rotate_params(n, s["rotate"]["p"], s["rotate"]["degrees"], g, x.device)
-        x = augment.affine(x, angle, torch.zeros(n, 2))
+        angle = rotate.rotate_params(n, s["rotate"]["p"], s["rotate"]["degrees"], g, x.device)
+        x = affine.affine(x, angle, torch.zeros(n, 2))
     if s["blur"]["p"] > 0:
-        x = augment.blur(x, s["blur"]["p"], s["blur"]["kernel"], s["blur"]["sigma"], g)
+        x = blur.blur(x, s["blur"]["p"], s["blur"]["kernel"], s["blur"]["sigma"], g)
     if s["solarize"]["p"] > 0:
-        x = augment.solarize(x, s["solarize"]["p"], s["solarize"]["threshold"], g)
+        x = solarize.solarize(x, s["solarize"]["p"], s["solarize"]["threshold"], g)
     return x
 
 

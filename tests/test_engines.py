@@ -268,6 +268,10 @@ CODE_EDITS = {  # a module of every stage: editing it reruns exactly that stage
     # code.json; another model's: nothing; the registry: the report, which names settings
     "workflow/ladder/models/mynet.py": TRAIN | EVALUATE,
     "workflow/ladder/models/resnet.py": set(),
+    # an op's files: the experiments that turn it on (child translates), through code.json,
+    # and the report, whose augmentations figure runs every op; another op's: the report only
+    "workflow/ladder/augments/translate.py": train_eval("child") | {"report"},
+    "workflow/ladder/augments/blur.py": {"report"},
     "workflow/ladder/model_registry.py": {"report"},
     "workflow/ladder/report/figures.py": {"report"},
     "workflow/schemas/params.schema.yaml": {"report"},

@@ -158,7 +158,7 @@ def module_file(ref: str) -> str:
 REFERENCES = [
     *[(f"source {n} download", s.download, ("download",)) for n, s in SOURCES.items()],
     *[(f"source {n} layout", s.layout, ("prepare",)) for n, s in SOURCES.items()],
-    *[(f"op {op.name}", op.apply, ("train", "evaluate", "report")) for op in OPS],
+    *[(f"op {op.name}", op.apply, ("report",)) for op in OPS],  # train, evaluate: code.json
 ]
 
 
@@ -184,6 +184,48 @@ def test_a_model_lists_every_file_its_builder_runs(name):
     shared = {c.removeprefix("workflow/") for c in stages.STAGES["train"].code}
     needed = closure(builder, PLUMBING) - set(PLUMBING) - shared
     assert needed == listed, f"model {name}: its builder runs {sorted(needed)}"
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
+def test_an_op_lists_every_file_it_runs(op):
+    """An experiment's training and evaluation depend on the `code` of the ops it turns on
+    (code.json), not on the other ops' files."""
+    from test_stages import PLUMBING, closure
+
+    module = module_file(op.apply).removeprefix("workflow/")
+    listed = {f"ladder/{rel}" for rel in op.code}
+    shared = {c.removeprefix("workflow/") for c in stages.STAGES["train"].code}
+    needed = closure(module, PLUMBING) - set(PLUMBING) - shared
+    assert needed == listed, f"op {op.name}: it runs {sorted(needed)}"
+
+
+def test_editing_one_op_changes_only_the_code_records_of_experiments_that_use_it(
+    tmp_path, monkeypatch
+):
+    params = Params.from_dict(
+        {
+            "experiments": {
+                "plain": {"augment": {"hflip": 0.0}},
+                "shifted": {"augment": {"hflip": 0.0, "translate": {"p": 0.5}}},
+                "turned": {"augment": {"hflip": 0.0, "rotate": {"p": 0.5}}},
+            }
+        }
+    )
+    before = params.settings_files()
+    assert set(before["code/shifted.json"]["augment"]) == {"translate"}
+    assert before["code/plain.json"]["augment"] == {}
+    shutil.copytree(REPO / "workflow" / "ladder", tmp_path / "ladder")
+    monkeypatch.setattr(config, "PACKAGE", tmp_path / "ladder")
+    for edited, records in [
+        ("augments/translate.py", ["code/shifted.json"]),
+        ("augments/affine.py", ["code/shifted.json", "code/turned.json"]),  # both use it
+        ("augments/blur.py", []),  # nobody's
+    ]:
+        path = tmp_path / "ladder" / edited
+        path.write_text(path.read_text() + "\n# an edit\n")
+        after = params.settings_files()
+        assert sorted(rel for rel in before if before[rel] != after[rel]) == records, edited
+        before = after
 
 
 def test_editing_one_model_changes_only_its_experiments_code_record(tmp_path, monkeypatch):
@@ -235,11 +277,15 @@ def test_torchvision_is_imported_only_for_a_torchvision_model():
     assert "torchvision" not in imported
 
 
-def test_a_model_edited_after_its_code_record_was_written_is_refused(tmp_path, monkeypatch):
-    recorded = config.model_code("mynet")
-    config.check_model_code(recorded, "code/x.json")  # the code it records: runs
+@pytest.mark.parametrize("edited", ["models/mynet.py", "augments/translate.py"])
+def test_a_model_or_op_edited_after_its_code_record_was_written_is_refused(
+    tmp_path, monkeypatch, edited
+):
+    train = resolve(model={"name": "mynet"}, augment={"translate": {"p": 0.5}})
+    recorded = config.code_record(train)
+    config.check_code(recorded, "code/x.json")  # the code it records: runs
     shutil.copytree(REPO / "workflow" / "ladder", tmp_path / "ladder")
-    (tmp_path / "ladder" / "models" / "mynet.py").write_text("# mynet, edited\n")
+    (tmp_path / "ladder" / edited).write_text("# edited\n")
     monkeypatch.setattr(config, "PACKAGE", tmp_path / "ladder")
-    with pytest.raises(config.CodeChangedError, match=r"models/mynet.py changed since code/x"):
-        config.check_model_code(recorded, "code/x.json")
+    with pytest.raises(config.CodeChangedError, match=rf"{edited} changed since code/x"):
+        config.check_code(recorded, "code/x.json")

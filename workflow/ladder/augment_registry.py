@@ -4,7 +4,11 @@ ladder.augment's pipeline runs the ops in this order (flip, translate, rotate, b
 in the seed's pipelines); ladder.config derives from the entries which settings an op that is
 off keeps. The schema (params.schema.yaml) lists the ops and their settings, in this order, for
 users; tests/test_registries.py fails when the two disagree. Adding an op: an entry here, its
-function in ladder.augment, its settings in the schema.
+module in ladder/augments/ (with an `apply`), its settings in the schema. An entry lists the files
+its op runs (`code`): an experiment's training and evaluation depend on those of the ops it uses
+only (ladder.config.code_record), so adding or editing an op reruns only the experiments that
+use it; tests/test_registries.py fails when an op imports a file of the package its entry does
+not list.
 
 Light on purpose: Snakemake imports ladder.config (hence this module) whenever it loads the
 workflow, so nothing here imports torch. An entry names its function ("module:function").
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 class Op:
     name: str  # its key under `augment`
     apply: str  # "module:function(batch, setting, generator) -> batch", the setting as below
+    code: tuple[str, ...]  # the files `apply` runs, relative to workflow/ladder/
     settings: tuple[str, ...] = ()  # its keys besides `p`: `augment.<name>.<key>`
     bare: bool = False  # the setting is the probability itself (`augment.hflip: 0.5`)
 
@@ -33,10 +38,32 @@ class Op:
         return pkgutil.resolve_name(self.apply)
 
 
+_COIN = "augments/common.py"
+_AFFINE = "augments/affine.py"
 OPS: tuple[Op, ...] = (
-    Op("hflip", "ladder.augment:apply_hflip", bare=True),
-    Op("translate", "ladder.augment:apply_translate", settings=("max",)),
-    Op("rotate", "ladder.augment:apply_rotate", settings=("degrees",)),
-    Op("blur", "ladder.augment:apply_blur", settings=("kernel", "sigma")),
-    Op("solarize", "ladder.augment:apply_solarize", settings=("threshold",)),
+    Op("hflip", "ladder.augments.hflip:apply", ("augments/hflip.py", _COIN), bare=True),
+    Op(
+        "translate",
+        "ladder.augments.translate:apply",
+        ("augments/translate.py", _AFFINE, _COIN),
+        settings=("max",),
+    ),
+    Op(
+        "rotate",
+        "ladder.augments.rotate:apply",
+        ("augments/rotate.py", _AFFINE, _COIN),
+        settings=("degrees",),
+    ),
+    Op(
+        "blur",
+        "ladder.augments.blur:apply",
+        ("augments/blur.py", _COIN),
+        settings=("kernel", "sigma"),
+    ),
+    Op(
+        "solarize",
+        "ladder.augments.solarize:apply",
+        ("augments/solarize.py", _COIN),
+        settings=("threshold",),
+    ),
 )

@@ -81,20 +81,21 @@ def _stats(args: argparse.Namespace) -> None:
     log.info("stats %s", stats.write(args.data, args.out))
 
 
-def _model_code(args: argparse.Namespace) -> dict | None:
-    """The model's code as code.json recorded it, checked against the code this job runs."""
+def _code(args: argparse.Namespace) -> dict | None:
+    """The experiment's code record (its model's and its augmentation ops' files by digest), as
+    code.json recorded it, checked against the code this job runs."""
     if args.code is None:
         return None
     from ladder import config
 
-    recorded = provenance.read_record(args.code)["model"]
-    config.check_model_code(recorded, args.code)
+    recorded = provenance.read_record(args.code)
+    config.check_code(recorded, args.code)
     return recorded
 
 
 def _train(args: argparse.Namespace) -> None:
     settings = provenance.read_record(args.settings)
-    model_code = _model_code(args)
+    code = _code(args)
     with devices.job_device(args.device, args.jobs_per_gpu, args.lease_dir) as device:
         from ladder.train import Runtime, train  # after the lease: CUDA must see only that GPU
 
@@ -107,18 +108,18 @@ def _train(args: argparse.Namespace) -> None:
             resume_root=args.resume_dir,
             failed_root=args.failed_dir,
         )
-        train(args.experiment, settings, args.data, args.stats, args.out, runtime, model_code)
+        train(args.experiment, settings, args.data, args.stats, args.out, runtime, code)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     tta = provenance.read_record(args.settings)
-    model_code = _model_code(args)
+    code = _code(args)
     with devices.job_device(args.device, args.jobs_per_gpu, args.lease_dir) as device:
         from ladder.evaluate import evaluate_run
 
         threads = args.threads or devices.threads()
         evaluate_run(args.run, tta, args.data, args.cache_dir, device=device, threads=threads,
-                     model_code=model_code)  # fmt: skip
+                     code=code)  # fmt: skip
 
 
 def _report(args: argparse.Namespace) -> None:

@@ -292,14 +292,13 @@ class Params:
             "prepare.json": self.prepare_settings(),
             "selection.json": {"experiments": list(self.selected)},
         }
-        code: dict[str, dict] = {}  # model name -> its code, read once per model
+        digests: dict[str, str] = {}  # each file read once, however many experiments use it
         for name in self.experiments:
             exp = self.experiments[name]
-            model = exp.train["model"]["name"]
             files[f"experiments/{name}/train.json"] = exp.train
             files[f"experiments/{name}/evaluate.json"] = exp.evaluate
             files[f"experiments/{name}/report.json"] = {"name": name, **exp.meta}
-            files[f"code/{name}.json"] = {"model": code.setdefault(model, model_code(model))}
+            files[f"code/{name}.json"] = code_record(exp.train, digests)
         return files
 
     def settings(self, relpath: str) -> dict:
@@ -348,31 +347,59 @@ def _check_names(experiments: Mapping, source: str) -> None:
 PACKAGE = Path(__file__).resolve().parent
 
 
-def model_code(name: str) -> dict:
-    """What builds model `name`: its registry entry's builder and the digest of every file it
-    runs (the entry's `code`), from this workspace's package. An experiment's training and
-    evaluation read it from results/configs/code/<exp>.json and check it against
-    the code they run: editing one model's files reruns only the experiments that use it."""
-    entry = MODELS[name]
+def _files(code: tuple[str, ...], digests: dict[str, str]) -> dict[str, str]:
     return {
-        "build": entry.build,
-        "files": {
-            f"workflow/ladder/{rel}": digest.file_digest(PACKAGE / rel) for rel in entry.code
-        },
+        f"workflow/ladder/{rel}": digests.setdefault(rel, digest.file_digest(PACKAGE / rel))
+        for rel in code
     }
+
+
+def model_code(name: str, digests: dict[str, str] | None = None) -> dict:
+    """What builds model `name`: its registry entry's builder and the digest of every file it
+    runs (the entry's `code`), from this workspace's package."""
+    entry = MODELS[name]
+    return {"build": entry.build, "files": _files(entry.code, {} if digests is None else digests)}
+
+
+def code_record(train: Mapping, digests: dict[str, str] | None = None) -> dict:
+    """An experiment's code record (results/configs/code/<exp>.json): the code of its model and of
+    the augmentation ops it turns on, each file by digest. Training and evaluation read it and
+    check it against the code they run (`check_code`): editing one model's or one op's files
+    reruns only the experiments that use it. Evaluation's TTA runs the same ops, or none."""
+    digests = {} if digests is None else digests
+    ops = {
+        op.name: {"apply": op.apply, "files": _files(op.code, digests)}
+        for op in OPS
+        if op.probability(train["augment"]) > 0
+    }
+    return {"model": model_code(train["model"]["name"], digests), "augment": ops}
+
+
+def code_now(recorded: Mapping) -> dict[str, str]:
+    """The digests, in this workspace's package now, of the files a code record lists."""
+    now = {}
+    for file in recorded_files(recorded):
+        path = PACKAGE / file.removeprefix("workflow/ladder/")
+        now[file] = digest.file_digest(path) if path.is_file() else "(none)"
+    return now
+
+
+def recorded_files(recorded: Mapping) -> dict[str, str]:
+    """file -> digest of every file a code record lists (its model's and its ops')."""
+    parts = [recorded.get("model", {}), *recorded.get("augment", {}).values()]
+    return {file: d for part in parts for file, d in part.get("files", {}).items()}
 
 
 class CodeChangedError(RuntimeError):
     """The code a job runs is not the code its settings recorded."""
 
 
-def check_model_code(recorded: dict, path: str | Path) -> None:
-    """Refuse to run a model whose files changed since `path` (code.json) recorded them: the
-    result would carry a record of other code than made it."""
-    name = next((n for n, m in MODELS.items() if m.build == recorded.get("build")), None)
-    now = model_code(name) if name else {}
-    for file, expected in recorded.get("files", {}).items():
-        if now.get("files", {}).get(file) != expected:
+def check_code(recorded: Mapping, path: str | Path) -> None:
+    """Refuse to run a model or an op whose files changed since `path` (code.json) recorded
+    them: the result would carry a record of other code than made it."""
+    now = code_now(recorded)
+    for file, expected in recorded_files(recorded).items():
+        if now[file] != expected:
             raise CodeChangedError(
                 f"{file} changed since {path} was written: run the same command again "
                 "(Snakemake writes the settings anew as it starts; DVC: `dvc repro`)"

@@ -194,7 +194,7 @@ def evaluate_run(
     cache_root: str | Path,
     device: str = "auto",
     threads: int | None = None,
-    model_code: dict | None = None,
+    code: dict | None = None,
 ) -> list[Path]:
     """Evaluate every checkpoint of a training run into <run>/eval/epoch_NNN.{json,npz}; return
     the JSON files."""
@@ -209,7 +209,7 @@ def evaluate_run(
                                            "image_size")},
         "data": {f: prepared[f]["digest"] for f in EVAL_INPUTS},
         "code_version": stages.version("evaluate"),
-        "model_code": model_code,
+        "code": code,
     }  # fmt: skip
     keys = {}
     for epoch in run_config["checkpoint_epochs"]:

@@ -5,7 +5,7 @@ accepts; ladder.models builds a model through its entry. The schema (params.sche
 the models and documents their settings for users; tests/test_registries.py fails when the two
 disagree. Adding a model: an entry here, its module in ladder/models/ (with a `build`), its name
 in the schema. An entry lists the files its builder runs (`code`): an experiment's training and
-evaluation depend on those of its own model only (ladder.config.model_code), so adding or
+evaluation depend on those of its own model only (ladder.config.code_record), so adding or
 editing a model reruns only the experiments that use it; tests/test_registries.py fails when a
 builder imports a file of the package its entry does not list.
 

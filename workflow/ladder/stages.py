@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from ladder.augment_registry import OPS
 from ladder.model_registry import MODELS
 
 PACKAGE = Path(__file__).resolve().parent
@@ -56,7 +57,7 @@ LOGS = "logs"
 ENV = "workflow/envs/ladder.yaml"  # every rule's conda environment, generated (conda_env)
 EXP_CONFIGS = f"{CONFIGS}/experiments/{{exp}}"
 # Apart from the experiments' other settings, which the report reads (DVC: as one folder).
-MODEL_CODE = f"{CONFIGS}/code/{{exp}}.json"
+CODE_RECORD = f"{CONFIGS}/code/{{exp}}.json"
 
 
 def manifest(folder: str) -> str:
@@ -71,12 +72,13 @@ def _code(*modules: str) -> tuple[str, ...]:
 # What each model, dataset source and augmentation op reads and allows (light modules that
 # config reads, and the builders use).
 _REGISTRIES = _code("model_registry.py", "data/registry.py", "augment_registry.py")
-_AUGMENT = _code("augment.py", "augment_registry.py")
-# A model's own files are not here: each experiment's training and evaluation depend on those
-# of its model only, through its code record (MODEL_CODE, ladder.config.model_code), which
-# `configure` writes.
+_AUGMENT = _code("augment.py", "augment_registry.py")  # the pipeline, not the ops
+# A model's own files and the ops' are not here: each experiment's training and evaluation
+# depend on those of its model and of the ops it turns on only, through its code record
+# (CODE_RECORD, ladder.config.code_record), which `configure` writes.
 _RUN = (*_AUGMENT, *_code("loader.py", "inference.py", "models/__init__.py"))
 _MODEL_FILES = tuple(dict.fromkeys(f for m in MODELS.values() for f in _code(*m.code)))
+_OP_FILES = tuple(dict.fromkeys(f for op in OPS for f in _code(*op.code)))
 
 # ----------------------------------------------------------------------------------------------
 # The table
@@ -120,6 +122,12 @@ class Stage:
     # Read by DVC only: Snakemake sees their change another way (ladder.snakefile).
     dvc_deps: tuple[str, ...] = ()
 
+    def __post_init__(self):
+        # Snakemake's inputs add these names (workflow/rules/common.smk): a dep under one of
+        # them would be dropped from the job's inputs without a word.
+        if clash := set(self.deps) & {"code", "runs"}:
+            raise ValueError(f"stage {self.name}: a dependency may not be named {clash}")
+
     @property
     def log(self) -> str:
         return f"{LOGS}/{self.name}/{{exp}}.log" if self.foreach else f"{LOGS}/{self.name}.log"
@@ -158,7 +166,9 @@ STAGES: dict[str, Stage] = {
                 *_code("config.py", "data/sources_on_disk.py"),
                 *_REGISTRIES,
                 SCHEMA,
-                *_MODEL_FILES,  # ... whose digests it writes into each experiment's code record
+                # ... whose digests it writes into each experiment's code record
+                *_MODEL_FILES,
+                *_OP_FILES,
             ),
             params=True,
         ),
@@ -198,12 +208,12 @@ STAGES: dict[str, Stage] = {
             cmd=_ladder(
                 "train",
                 f"--experiment {{exp}} --settings {EXP_CONFIGS}/train.json"
-                f" --code {MODEL_CODE} --data {PREPARED} --stats {STATS} --out {RUN}",
+                f" --code {CODE_RECORD} --data {PREPARED} --stats {STATS} --out {RUN}",
                 foreach=True,
             ),
             deps={
                 "settings": f"{EXP_CONFIGS}/train.json",
-                "model_code": MODEL_CODE,
+                "code_record": CODE_RECORD,
                 "prepared": manifest(PREPARED),
                 "stats": STATS,
             },
@@ -223,12 +233,12 @@ STAGES: dict[str, Stage] = {
             cmd=_ladder(
                 "evaluate",
                 f"--run {RUN} --settings {EXP_CONFIGS}/evaluate.json"
-                f" --code {MODEL_CODE} --data {PREPARED}",
+                f" --code {CODE_RECORD} --data {PREPARED}",
                 foreach=True,
             ),
             deps={
                 "settings": f"{EXP_CONFIGS}/evaluate.json",
-                "model_code": MODEL_CODE,
+                "code_record": CODE_RECORD,
                 "prepared": manifest(PREPARED),
                 "config": f"{RUN}/config.json",
                 "checkpoints": manifest(f"{RUN}/checkpoints"),
@@ -280,11 +290,12 @@ STAGES: dict[str, Stage] = {
                     "report/hparams.py",  # ... and TensorBoard's HPARAMS view
                     "report/templates/index.html.j2",  # the page's markup ...
                     "report/templates/report.css",  # ... and its styles
-                    "augment.py",
+                    "augment.py",  # the augmentations figure runs every experiment's ops
                     "config.py",  # the "changes versus parent" text flattens settings with it
                 ),
                 *_REGISTRIES,  # ... which config imports
                 SCHEMA,  # ... and orders them as the schema does
+                *_OP_FILES,  # ... (the figure's ops: all of them, however few a ladder uses)
             ),
         ),
     ]

@@ -173,16 +173,13 @@ def data_changes(root: Path, run_config: dict) -> list[str]:
 
 
 def code_changes(run_config: dict, exp: config.Experiment) -> list[str]:
-    """The model's files that differ from what training recorded (code.json at the time)."""
-    recorded = run_config.get("model_code")
+    """The model's and augmentation ops' files that differ from what training recorded
+    (code.json at the time)."""
+    recorded = run_config.get("code")
     if not recorded:
         return []  # trained outside the engines: no record to compare with
-    now = config.model_code(exp.train["model"]["name"])["files"]
-    return [
-        f"{file} changed"
-        for file in sorted(recorded["files"])
-        if now.get(file) != recorded["files"][file]
-    ]
+    now, files = config.code_now(recorded), config.recorded_files(recorded)
+    return [f"{file} changed" for file in sorted(files) if now[file] != files[file]]
 
 
 def evaluation(root: Path, exp: config.Experiment, run_config: dict) -> str:

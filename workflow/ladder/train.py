@@ -242,17 +242,18 @@ class Runtime:
 
 def train(
     name: str, settings: dict, data: str | Path, stats: str | Path, out: str | Path,
-    runtime: Runtime = Runtime(), model_code: dict | None = None,
+    runtime: Runtime = Runtime(), code: dict | None = None,
 ) -> Path:  # fmt: skip
     """Train experiment `name` into `out`, resuming from <resume_root>/<name>/ when possible.
-    `model_code`: the model's files by digest (code.json), part of what the weights depend on."""
+    `code`: the experiment's code record (code.json: its model's and its augmentation ops' files
+    by digest), part of what the weights depend on."""
     with workspace.experiment_lock(runtime.resume_root, name):
-        identity = run_identity(name, settings, Path(data), Path(stats), model_code)
+        identity = run_identity(name, settings, Path(data), Path(stats), code)
         return _train_locked(name, settings, identity, Path(data), Path(out), runtime)
 
 
 def run_identity(
-    name: str, settings: dict, data: Path, stats: Path, model_code: dict | None = None
+    name: str, settings: dict, data: Path, stats: Path, code: dict | None = None
 ) -> dict:
     """Everything the weights depend on; its fingerprint names the resume folder. The data enter
     through the digests prepare recorded in its manifest, each file checked against its digest
@@ -279,7 +280,7 @@ def run_identity(
             stats.name: manifest.file_digest(stats),
         },
         "code_version": stages.version("train"),
-        "model_code": model_code,
+        "code": code,
     }
 
 
