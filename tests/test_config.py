@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import REPO, TINY_EXPERIMENTS, tiny_params
 from ladder import config
-from ladder.config import ConfigError, Params
+from ladder.config import ConfigError, Params, source_code
 
 
 def params(experiments: dict, **top) -> Params:
@@ -167,17 +167,22 @@ def test_run_selection_and_descendants():
 
 def test_stage_settings_only_hold_what_the_stage_reads():
     p = Params.from_dict(tiny_params(val_fraction=0.25))
-    assert p.download_settings() == {"source": "digits"}
+    assert p.download_settings() == {"source": "digits", "code": source_code("digits", "download")}
     assert p.prepare_settings() == {
         "source": "digits",
         "val_fraction": 0.25,
         "test_fraction": 0.2,
         "split_seed": 0,
         "image_size": 16,
+        "code": source_code("digits", "layout"),
     }
     tin = Params.from_dict({"dataset": {"source": "tinyimagenet"}})
     assert "test_fraction" not in tin.prepare_settings()
-    assert set(tin.download_settings()) == {"source", "url", "md5"}
+    assert set(tin.download_settings()) == {"source", "url", "md5", "code"}
+    assert set(tin.download_settings()["code"]["files"]) == {  # the ones it runs: not digits
+        "workflow/ladder/data/tinyimagenet.py",
+        "workflow/ladder/data/archive.py",
+    }
     files = p.settings_files()
     assert files["selection.json"] == {"experiments": list(TINY_EXPERIMENTS)}
     assert files["experiments/small_shift/evaluate.json"]["passes"] == 2

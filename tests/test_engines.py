@@ -125,7 +125,7 @@ def archives(tmp_path_factory):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """The folder source's inputs: <class>/<image> trees, a training pool and a test set."""
-    from ladder.data.download import write_digits
+    from ladder.data.digits import write_digits
 
     root = tmp_path_factory.mktemp("folders")
     write_digits(root / "digits")
@@ -260,7 +260,12 @@ MATRIX: dict[str, tuple[Callable[[dict], None], set[str]]] = {
 }  # fmt: skip
 CODE_EDITS = {  # a module of every stage: editing it reruns exactly that stage
     "workflow/ladder/data/download.py": {"download"},
-    "workflow/ladder/data/sources.py": {"prepare"},
+    "workflow/ladder/data/sources.py": {"download", "prepare"},  # the sources' shared types
+    # a source's own files: the data stages of the dataset that uses it (this one's download
+    # and layout), through download.json and prepare.json; another source's: nothing
+    "workflow/ladder/data/tinyimagenet.py": {"download", "prepare"},
+    "workflow/ladder/data/digits.py": set(),
+    "workflow/ladder/data/registry.py": {"report"},
     "workflow/ladder/data/stats.py": {"stats"},
     "workflow/ladder/optim.py": TRAIN,
     "workflow/ladder/evaluate.py": EVALUATE,

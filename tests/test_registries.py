@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+from unittest.mock import ANY
 
 import pytest
 from conftest import REPO
@@ -49,7 +50,7 @@ def test_schema_sources_are_the_registry():
     read = {key for entry in SOURCES.values() for key in entry.reads}
     prepare = Params.from_dict({"dataset": {"source": "digits"}}).prepare_settings()
     # every dataset key is read by prepare or by some source's download
-    assert read | set(prepare) == set(dataset)
+    assert read | set(prepare) - {"code"} == set(dataset)
     assert read <= set(dataset)
 
 
@@ -121,7 +122,7 @@ def test_model_checks_read_the_registry_when_they_run(monkeypatch):
 def test_a_sources_stage_settings_are_its_entrys(name, test_path):
     entry = SOURCES[name]
     p = Params.from_dict({"dataset": {"source": name, "test_path": test_path}})
-    assert set(p.download_settings()) == {"source", *entry.reads}
+    assert set(p.download_settings()) == {"source", *entry.reads, "code"}
     draws_test = not entry.own_test_set(p.dataset)
     assert ("test_fraction" in p.prepare_settings()) == draws_test
 
@@ -130,7 +131,7 @@ def test_source_settings_read_the_registry_when_they_run(monkeypatch):
     entry = dataclasses.replace(SOURCES["digits"], reads=("path",), own_test_set=lambda d: True)
     monkeypatch.setitem(SOURCES, "digits", entry)
     p = Params.from_dict({"dataset": {"source": "digits"}})
-    assert p.download_settings() == {"source": "digits", "path": ""}
+    assert p.download_settings() == {"source": "digits", "path": "", "code": ANY}
     assert "test_fraction" not in p.prepare_settings()
 
 
@@ -155,11 +156,9 @@ def module_file(ref: str) -> str:
     return spec.origin.removeprefix(f"{REPO}/")
 
 
-REFERENCES = [
-    *[(f"source {n} download", s.download, ("download",)) for n, s in SOURCES.items()],
-    *[(f"source {n} layout", s.layout, ("prepare",)) for n, s in SOURCES.items()],
-    *[(f"op {op.name}", op.apply, ("report",)) for op in OPS],  # train, evaluate: code.json
-]
+# Train and evaluate depend on the ops through code.json, download and prepare on the sources
+# through download.json and prepare.json: only the report lists the ops' files itself.
+REFERENCES = [(f"op {op.name}", op.apply, ("report",)) for op in OPS]
 
 
 @pytest.mark.parametrize(("what", "ref", "stage_names"), REFERENCES, ids=[r[0] for r in REFERENCES])
@@ -197,6 +196,45 @@ def test_an_op_lists_every_file_it_runs(op):
     shared = {c.removeprefix("workflow/") for c in stages.STAGES["train"].code}
     needed = closure(module, PLUMBING) - set(PLUMBING) - shared
     assert needed == listed, f"op {op.name}: it runs {sorted(needed)}"
+
+
+SOURCE_ROLES = [(n, role) for n in SOURCES for role in ("download", "layout")]
+
+
+@pytest.mark.parametrize(("name", "role"), SOURCE_ROLES, ids=[f"{n}-{r}" for n, r in SOURCE_ROLES])
+def test_a_source_lists_every_file_its_functions_run(name, role):
+    """download.json and prepare.json record the files of the source in use: a file its
+    function imports but its entry does not list would change the data without rerunning
+    anything."""
+    from test_stages import PLUMBING, closure
+
+    entry = SOURCES[name]
+    ref = getattr(entry, role)
+    assert callable(pkgutil.resolve_name(ref)), f"source {name}: {ref} is not a function"
+    module = module_file(ref).removeprefix("workflow/")
+    listed = {f"ladder/{rel}" for rel in getattr(entry, f"{role}_code")}
+    stage = stages.STAGES["download" if role == "download" else "prepare"]
+    shared = {c.removeprefix("workflow/") for c in stage.code}
+    needed = closure(module, PLUMBING) - set(PLUMBING) - shared
+    assert needed == listed, f"source {name} {role}: it runs {sorted(needed)}"
+
+
+def test_editing_one_source_changes_only_the_settings_of_the_datasets_that_use_it(
+    tmp_path, monkeypatch
+):
+    digits, tiny = (
+        Params.from_dict({"dataset": {"source": s}}) for s in ("digits", "tinyimagenet")
+    )
+    before = [p.settings_files() for p in (digits, tiny)]
+    shutil.copytree(REPO / "workflow" / "ladder", tmp_path / "ladder")
+    monkeypatch.setattr(config, "PACKAGE", tmp_path / "ladder")
+    edited = tmp_path / "ladder" / "data" / "digits.py"
+    edited.write_text(edited.read_text() + "\n# an edit\n")
+    after = [p.settings_files() for p in (digits, tiny)]
+    assert [rel for rel in before[0] if before[0][rel] != after[0][rel]] == ["download.json"]
+    assert after[1] == before[1]
+    with pytest.raises(config.CodeChangedError, match=r"data/digits.py changed since x.json"):
+        config.check_code(before[0]["download.json"]["code"], "x.json")
 
 
 def test_editing_one_op_changes_only_the_code_records_of_experiments_that_use_it(

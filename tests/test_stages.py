@@ -228,6 +228,8 @@ PLUMBING = {
     # Which builder a model has and the files it runs reach training and evaluation through
     # each experiment's code.json (ladder.config.model_code; tests/test_registries.py).
     "ladder/model_registry.py": "a model's entry, recorded per experiment in code.json",
+    # Likewise a source's entry and files, in download.json and prepare.json.
+    "ladder/data/registry.py": "a source's entry, recorded in download.json and prepare.json",
     "ladder/devices.py": "which GPU a job uses",
     "ladder/workspace.py": "locks",
     "ladder/progress.py": "progress log lines",

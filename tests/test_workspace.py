@@ -328,7 +328,7 @@ def test_a_failed_switch_to_another_dataset_loses_nothing_and_switching_back_is_
 
 
 def test_a_folder_dataset_edit_reruns_the_import_in_both_engines(tmp_path):
-    from ladder.data.download import write_digits
+    from ladder.data.digits import write_digits
 
     images = tmp_path / "images"
     write_digits(images)

@@ -63,16 +63,27 @@ def _dvc_commit(args: argparse.Namespace) -> None:
     engines.dvc_commit()
 
 
+def _data_settings(path: str | Path) -> dict:
+    """download.json or prepare.json, the source's code it records checked against the code
+    this job runs (a file written by hand, without a record, is taken as it is)."""
+    from ladder import config
+
+    settings = provenance.read_record(path)
+    if "code" in settings:
+        config.check_code(settings["code"], path)
+    return settings
+
+
 def _download(args: argparse.Namespace) -> None:
     from ladder.data.download import download
 
-    download(provenance.read_record(args.settings), args.out, retries=args.retries)
+    download(_data_settings(args.settings), args.out, retries=args.retries)
 
 
 def _prepare(args: argparse.Namespace) -> None:
     from ladder.data.prepare import prepare
 
-    prepare(args.raw, args.out, provenance.read_record(args.settings), workers=args.workers)
+    prepare(args.raw, args.out, _data_settings(args.settings), workers=args.workers)
 
 
 def _stats(args: argparse.Namespace) -> None:

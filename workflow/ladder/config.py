@@ -274,15 +274,18 @@ class Params:
 
     # -- what each stage reads ------------------------------------------------------------
     def download_settings(self) -> dict:
+        """download.json: the keys the source's download reads, and its code (source_code)."""
         d = self.dataset
-        return {"source": d["source"], **{k: d[k] for k in SOURCES[d["source"]].reads}}
+        reads = {k: d[k] for k in SOURCES[d["source"]].reads}
+        return {"source": d["source"], **reads, "code": source_code(d["source"], "download")}
 
     def prepare_settings(self) -> dict:
+        """prepare.json: the split's keys, and the code of the source's layout reader."""
         d = self.dataset
         keys = ["source", "val_fraction", "split_seed", "image_size"]
         if not SOURCES[d["source"]].own_test_set(d):
             keys.append("test_fraction")
-        return {k: d[k] for k in keys}
+        return {**{k: d[k] for k in keys}, "code": source_code(d["source"], "layout")}
 
     def settings_files(self) -> dict[str, dict]:
         """Relative path under results/configs/ -> content. Every experiment has its files (DVC
@@ -375,6 +378,17 @@ def code_record(train: Mapping, digests: dict[str, str] | None = None) -> dict:
     return {"model": model_code(train["model"]["name"], digests), "augment": ops}
 
 
+def source_code(name: str, role: str) -> dict:
+    """What a dataset source's `role` (download or layout) runs: its function and the digest of
+    every file it runs, from this workspace's package. download.json and prepare.json carry it,
+    so editing one source's files reruns only the data stages of the dataset that uses it."""
+    entry = SOURCES[name]
+    return {
+        role: getattr(entry, role),
+        "files": _files(getattr(entry, f"{role}_code"), {}),
+    }
+
+
 def code_now(recorded: Mapping) -> dict[str, str]:
     """The digests, in this workspace's package now, of the files a code record lists."""
     now = {}
@@ -385,8 +399,9 @@ def code_now(recorded: Mapping) -> dict[str, str]:
 
 
 def recorded_files(recorded: Mapping) -> dict[str, str]:
-    """file -> digest of every file a code record lists (its model's and its ops')."""
-    parts = [recorded.get("model", {}), *recorded.get("augment", {}).values()]
+    """file -> digest of every file a code record lists (an experiment's: its model's and its
+    ops'; a source's: its own)."""
+    parts = [recorded, recorded.get("model", {}), *recorded.get("augment", {}).values()]
     return {file: d for part in parts for file, d in part.get("files", {}).items()}
 
 
@@ -395,8 +410,9 @@ class CodeChangedError(RuntimeError):
 
 
 def check_code(recorded: Mapping, path: str | Path) -> None:
-    """Refuse to run a model or an op whose files changed since `path` (code.json) recorded
-    them: the result would carry a record of other code than made it."""
+    """Refuse to run a model, an op or a source whose files changed since `path` (code.json,
+    download.json, prepare.json) recorded them: the result would carry a record of other code
+    than made it."""
     now = code_now(recorded)
     for file, expected in recorded_files(recorded).items():
         if now[file] != expected:

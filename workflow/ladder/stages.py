@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from ladder.augment_registry import OPS
+from ladder.data.registry import SOURCES
 from ladder.model_registry import MODELS
 
 PACKAGE = Path(__file__).resolve().parent
@@ -79,6 +80,9 @@ _AUGMENT = _code("augment.py", "augment_registry.py")  # the pipeline, not the o
 _RUN = (*_AUGMENT, *_code("loader.py", "inference.py", "models/__init__.py"))
 _MODEL_FILES = tuple(dict.fromkeys(f for m in MODELS.values() for f in _code(*m.code)))
 _OP_FILES = tuple(dict.fromkeys(f for op in OPS for f in _code(*op.code)))
+_SOURCE_FILES = tuple(
+    dict.fromkeys(f for s in SOURCES.values() for f in _code(*s.download_code, *s.layout_code))
+)
 
 # ----------------------------------------------------------------------------------------------
 # The table
@@ -169,6 +173,7 @@ STAGES: dict[str, Stage] = {
                 # ... whose digests it writes into each experiment's code record
                 *_MODEL_FILES,
                 *_OP_FILES,
+                *_SOURCE_FILES,  # ... and into download.json and prepare.json
             ),
             params=True,
         ),
@@ -178,12 +183,9 @@ STAGES: dict[str, Stage] = {
             deps={"settings": f"{CONFIGS}/download.json"},
             dvc_deps=(f"{SOURCE}/path", f"{SOURCE}/test_path"),
             outs={"raw": Out(RAW, folder=True)},
-            code=_code(
-                "data/download.py",
-                "data/archive.py",
-                "data/registry.py",
-                "data/sources_on_disk.py",
-            ),
+            # The source's own files are not here: download.json records their digests
+            # (ladder.config.source_code), so editing another source reruns nothing.
+            code=_code("data/download.py", "data/sources.py", "data/sources_on_disk.py"),
         ),
         Stage(
             name="prepare",
@@ -192,7 +194,7 @@ STAGES: dict[str, Stage] = {
             ),
             deps={"settings": f"{CONFIGS}/prepare.json", "raw": manifest(RAW)},
             outs={"prepared": Out(PREPARED, folder=True)},
-            code=_code("data/prepare.py", "data/sources.py", "data/registry.py"),
+            code=_code("data/prepare.py", "data/sources.py"),  # and prepare.json's source code
             threads=8,
             threads_arg="--workers",
         ),

@@ -4,8 +4,8 @@ set, and the functions that download it and read its raw layout.
 ladder.config derives from these entries what `download` and `prepare` read (so an edit to
 another source's keys reruns nothing); ladder.data.download and ladder.data.sources dispatch
 through them. The schema (params.schema.yaml) names the sources for users; tests/test_registries.py
-fails when the two disagree. Adding a source: an entry here, its download and layout functions,
-its name in the schema.
+fails when the two disagree. Adding a source: an entry here, its module in ladder/data/ (a
+download and a layout function, or another source's layout), its name in the schema.
 
 Light on purpose: Snakemake imports ladder.config (hence this module) whenever it loads the
 workflow, so nothing here imports pooch, PIL or scikit-learn. An entry names its functions
@@ -28,6 +28,11 @@ class Source:
     own_test_set: Callable[[Mapping], bool]
     download: str  # "module:function(settings, folder, retries)": fill the raw folder
     layout: str  # "module:function(raw) -> Layout": the labelled images in the raw folder
+    # The files each function runs, relative to workflow/ladder/: download.json and prepare.json
+    # record their digests (ladder.config.source_code), so that adding or editing another
+    # source reruns nothing.
+    download_code: tuple[str, ...]
+    layout_code: tuple[str, ...]
 
     def downloader(self) -> Callable:
         return pkgutil.resolve_name(self.download)
@@ -43,22 +48,28 @@ SOURCES: dict[str, Source] = {
             name="tinyimagenet",
             reads=("url", "md5"),
             own_test_set=lambda dataset: True,  # the official val split, with its labels
-            download="ladder.data.download:download_tinyimagenet",
-            layout="ladder.data.sources:tinyimagenet_layout",
+            download="ladder.data.tinyimagenet:download",
+            layout="ladder.data.tinyimagenet:layout",
+            download_code=("data/tinyimagenet.py", "data/archive.py"),
+            layout_code=("data/tinyimagenet.py", "data/archive.py"),  # (it imports it)
         ),
         Source(
             name="folder",
             reads=("path", "test_path"),
             own_test_set=lambda dataset: bool(dataset["test_path"]),
-            download="ladder.data.download:download_folder",
-            layout="ladder.data.sources:class_folders_layout",
+            download="ladder.data.class_folders:download",
+            layout="ladder.data.class_folders:layout",
+            download_code=("data/class_folders.py", "data/archive.py"),
+            layout_code=("data/class_folders.py", "data/archive.py"),
         ),
         Source(
             name="digits",
             reads=(),
             own_test_set=lambda dataset: False,
-            download="ladder.data.download:download_digits",
-            layout="ladder.data.sources:class_folders_layout",
+            download="ladder.data.digits:download",
+            layout="ladder.data.class_folders:layout",
+            download_code=("data/digits.py",),
+            layout_code=("data/class_folders.py", "data/archive.py"),
         ),
     ]
 }
