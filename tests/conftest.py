@@ -231,9 +231,10 @@ class Project:
 
     @classmethod
     def copy(cls, source: Project, root: Path) -> Project:
-        """A copy of `source` with its results and Snakemake's records, timestamps kept: what
-        is up to date there is up to date here."""
-        shutil.copytree(source.root, root, symlinks=True)
+        """A copy of `source` with its results and Snakemake's records, timestamps and hard links
+        kept (finished runs and the data store are links): what is up to date there is up to
+        date here."""
+        subprocess.run(["cp", "-a", str(source.root), str(root)], check=True)
         project = cls.__new__(cls)
         project.root = root
         return project

@@ -4,8 +4,8 @@ then runs what the README says to run, and asserts what the README promises.
 
 A tiny project is built once by Snakemake alone (no `ladder dvc-commit`, so its data folders
 are hard-linked with the data store results/cache/data/, as in any Snakemake-only workspace);
-each test works on a `cp -a` copy of it, which keeps those hard links (shutil.copytree, which
-Project.copy uses, does not: a copy made that way hides the first fault below).
+each test works on a copy of it (Project.copy), which keeps those hard links (a plain
+shutil.copytree would not, and would hide the first fault below).
 """
 
 from __future__ import annotations
@@ -43,11 +43,7 @@ def built(tmp_path_factory) -> Project:
 
 @pytest.fixture
 def project(built, tmp_path) -> Project:
-    root = tmp_path / "p"
-    subprocess.run(["cp", "-a", str(built.root), str(root)], check=True)  # hard links kept
-    copy = Project.__new__(Project)
-    copy.root = root
-    return copy
+    return Project.copy(built, tmp_path / "p")
 
 
 def edit(project: Project, change) -> None:
