@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io as stdio
 import json
+import os
 import pickle
 import shutil
+import signal
 
 import numpy as np
 import pytest
 import torch
-from ladder import config, evaluate, io, manifest, models, predictions, train
+from ladder import config, evaluate, io, manifest, models, predictions, stopping, train
 
 
 def test_majority_vote_with_ties_broken_by_summed_probabilities():
@@ -313,3 +315,46 @@ def test_predictions_file_format_round_trips_and_refuses_surprises(tmp_path):
         predictions.PredictionsError, match=r"p.npz: unreadable, damaged or cut short"
     ):
         predictions.read(path, {"val_plain": 3, "test_plain": 2})
+
+
+# ----------------------------------------------------------------------------------------------
+# Asked to stop (ladder.stopping)
+
+
+def test_a_stopped_evaluation_keeps_the_checkpoints_it_finished(tmp_path, monkeypatch, caplog):
+    run, data = _run_dir(tmp_path)
+    config_json = io.read_record(run / "config.json")
+    with manifest.folder(run / "checkpoints") as tmp:  # three checkpoints to evaluate
+        for epoch in (1, 2, 3):
+            torch.manual_seed(epoch)
+            model = _varied(models.build(config_json["settings"]["model"], 3, 8))
+            train.save_checkpoint(model, tmp / f"epoch_{epoch:03d}.pt")
+    io.write_record(run / "config.json", {**config_json, "checkpoint_epochs": [1, 2, 3]})
+    tta = {"passes": 2, "augment": "train", "seed": 0}
+
+    # A real SIGTERM, sent as the first checkpoint's evaluation ends: the job finishes that one.
+    evaluate_model = evaluate.evaluate_model
+    sent = []
+
+    def then_sigterm(*args):
+        result = evaluate_model(*args)
+        if not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGTERM))
+        return result
+
+    monkeypatch.setattr(evaluate, "evaluate_model", then_sigterm)
+    with stopping.graceful(), pytest.raises(stopping.Stopped) as stop:
+        _evaluate(run, tta, data, tmp_path)
+    assert str(stop.value) == (
+        "x: evaluation stopped by SIGTERM after 1 of 3 checkpoints; those are kept in the cache "
+        "and a rerun evaluates the rest"
+    )
+    assert stop.value.exit_status == 143
+    assert len(list((tmp_path / "cache" / "x").glob("*.json"))) == 1
+    assert not (run / "eval").exists()  # the declared output is all or nothing
+
+    monkeypatch.setattr(evaluate, "evaluate_model", evaluate_model)
+    with caplog.at_level("INFO", logger="ladder.evaluate"):
+        outs = _evaluate(run, tta, data, tmp_path)
+    assert "3 checkpoint(s), 1 evaluated before" in caplog.text
+    assert [p.name for p in outs] == ["epoch_001.json", "epoch_002.json", "epoch_003.json"]

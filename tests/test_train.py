@@ -1,4 +1,5 @@
-"""Training on the CPU: it learns, it resumes exactly after a SIGKILL, it fails loudly."""
+"""Training on the CPU: it learns, it resumes exactly after a SIGKILL or a SIGTERM, it fails
+loudly."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import csv
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -251,20 +253,49 @@ def _train_cmd(digits: Path, tmp: Path, settings_file: Path) -> list[str]:
     ]  # fmt: skip
 
 
+# Augmentation, shuffling, dropout, momentum, EMA and a per-step schedule all in play; small
+# batches make epochs long enough to stop one half way.
+RESUMABLE = {
+    "epochs": 3, "batch_size": 4, "log_every": 10,
+    "model": {"name": "mynet", "blocks": 1, "width": 8, "dropout": 0.3},
+    "augment": {"hflip": 0.5, "translate": {"p": 0.5}},
+    "schedule": {"name": "onecycle"}, "ema": {"decay": 0.9},
+}  # fmt: skip
+STEPS_PER_EPOCH = 1149 // 4  # the digits' train split in batches of 4
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(digits, tmp_path_factory) -> tuple[Path, Path]:
+    """RESUMABLE's settings file, and its run trained without interruption."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    settings_file = tmp / "train.json"
+    io.write_record(settings_file, settings(**RESUMABLE))
+    subprocess.run(_train_cmd(digits, tmp, settings_file), check=True, capture_output=True)
+    return settings_file, tmp
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two runs' checkpoints hold the same bytes; their histories and steps agree (all but the
+    timings)."""
+    for name in ("epoch_001.pt", "epoch_002.pt", "epoch_003.pt"):
+        x = torch.load(a / "runs" / "x" / "checkpoints" / name, weights_only=True)
+        y = torch.load(b / "runs" / "x" / "checkpoints" / name, weights_only=True)
+        assert x.keys() == y.keys()
+        assert all(torch.equal(x[k], y[k]) for k in x), name
+
+    def history(root: Path) -> list[dict]:
+        rows = read_csv(root / "runs" / "x" / "history.csv")
+        return [
+            {k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in rows
+        ]
+
+    assert history(a) == history(b)
+    assert read_csv(a / "runs" / "x" / "steps.csv") == read_csv(b / "runs" / "x" / "steps.csv")
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(digits, tmp_path):
-    # Augmentation, shuffling, dropout and momentum all in play; small batches make epochs long
-    # enough to kill one half way.
-    s = settings(
-        epochs=3, batch_size=4, model={"name": "mynet", "blocks": 1, "width": 8, "dropout": 0.3},
-        augment={"hflip": 0.5, "translate": {"p": 0.5}}, schedule={"name": "cosine"},
-    )  # fmt: skip
-    settings_file = tmp_path / "train.json"
-    io.write_record(settings_file, s)
-
-    whole = tmp_path / "whole"
-    subprocess.run(_train_cmd(digits, whole, settings_file), check=True, capture_output=True)
-
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(digits, tmp_path, uninterrupted):
+    settings_file, whole = uninterrupted
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         _train_cmd(digits, killed, settings_file), stderr=subprocess.PIPE, text=True
@@ -292,22 +323,50 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(digits, tmp_p
         _train_cmd(digits, killed, settings_file), check=True, capture_output=True, text=True
     )
     assert "resuming after epoch 1" in resumed.stderr
-    for name in ("epoch_001.pt", "epoch_002.pt", "epoch_003.pt"):
-        a = torch.load(whole / "runs" / "x" / "checkpoints" / name, weights_only=True)
-        b = torch.load(killed / "runs" / "x" / "checkpoints" / name, weights_only=True)
-        assert a.keys() == b.keys()
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert_same_run(whole, killed)
 
-    def history(root: Path) -> list[dict]:  # all but the timings
-        rows = read_csv(root / "runs" / "x" / "history.csv")
-        return [
-            {k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in rows
-        ]
 
-    assert history(whole) == history(killed)
-    assert read_csv(whole / "runs" / "x" / "steps.csv") == read_csv(
-        killed / "runs" / "x" / "steps.csv"
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_the_step_and_the_rerun_continues_there_bit_exact(
+    digits, tmp_path, uninterrupted
+):
+    # What SLURM sends at a time limit or on preemption, before SIGKILL.
+    settings_file, whole = uninterrupted
+    stopped = tmp_path / "stopped"
+    cmd = [*_train_cmd(digits, stopped, settings_file), "--progress-seconds", "0"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # a progress line after every step
+        seen.append(line)
+        if f" epoch 2/3 step {STEPS_PER_EPOCH // 3}/" in line:
+            break
+    else:
+        raise AssertionError("training ended before epoch 2:\n" + "".join(seen))
+    os.kill(proc.pid, signal.SIGTERM)
+    bound = Deadline("a training run stopping after its current step", expected=3)
+    err = "".join(seen) + proc.communicate(timeout=bound.seconds)[1]
+
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    found = re.search(
+        rf"x: stopped by SIGTERM at epoch 2, step (\d+) of {STEPS_PER_EPOCH}; resumes there", err
     )
+    assert found, err
+    step = int(found[1])
+    assert STEPS_PER_EPOCH // 3 <= step < STEPS_PER_EPOCH
+    assert "Traceback" not in err
+    (state,) = (stopped / "resume" / "x").iterdir()
+    saved = torch.load(state / "state.pt", weights_only=True)
+    assert saved["progress"]["epoch"] == 1
+    assert saved["partial"]["epoch"] == 2
+    assert saved["partial"]["step"] == step
+    assert saved["progress"]["step"] == STEPS_PER_EPOCH + step
+    assert not (stopped / "runs" / "x").exists()
+
+    resumed = subprocess.run(
+        _train_cmd(digits, stopped, settings_file), check=True, capture_output=True, text=True
+    )
+    assert f"resuming at epoch 2, step {step} from" in resumed.stderr
+    assert_same_run(whole, stopped)
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):

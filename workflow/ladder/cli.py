@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ladder import __version__, devices, provenance, stages, workspace
+from ladder import __version__, devices, provenance, stages, stopping, workspace
 
 log = logging.getLogger("ladder")
 
@@ -119,7 +119,8 @@ def _train(args: argparse.Namespace) -> None:
             resume_root=args.resume_dir,
             failed_root=args.failed_dir,
         )
-        train(args.experiment, settings, args.data, args.stats, args.out, runtime, code)
+        with stopping.graceful():
+            train(args.experiment, settings, args.data, args.stats, args.out, runtime, code)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -129,8 +130,9 @@ def _evaluate(args: argparse.Namespace) -> None:
         from ladder.evaluate import evaluate_run
 
         threads = args.threads or devices.threads()
-        evaluate_run(args.run, tta, args.data, args.cache_dir, device=device, threads=threads,
-                     code=code)  # fmt: skip
+        with stopping.graceful():
+            evaluate_run(args.run, tta, args.data, args.cache_dir, device=device,
+                         threads=threads, code=code)  # fmt: skip
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -409,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.func(args)
         else:
             args.func(args)
+    except stopping.Stopped as e:  # asked to stop; what it did is saved
+        log.warning("%s", e)
+        return e.exit_status
     except EXPECTED_ERRORS as e:
         if os.environ.get("LADDER_DEBUG"):
             log.exception("ladder %s failed", args.command)

@@ -14,7 +14,8 @@ key a fingerprint of everything it depends on (the checkpoint's digest, the TTA 
 model and augmentation settings, the val/test data, the evaluation code). A result counts as
 cached only when both files are there and readable: one cut short is evaluated again. A rerun
 evaluates only the checkpoints whose key is new: one new checkpoint does not redo the other 59,
-and a killed job picks up where it stopped. The declared output, <run>/eval/ with epoch_NNN.json
+and a killed job picks up where it stopped; asked to stop (ladder.stopping), a job stops between
+two checkpoints. The declared output, <run>/eval/ with epoch_NNN.json
 and epoch_NNN.npz per checkpoint and its manifest, is rebuilt from those files every time.
 """
 
@@ -42,6 +43,7 @@ from ladder import (
     predictions,
     provenance,
     stages,
+    stopping,
 )
 from ladder.inference import predict
 from ladder.loader import DeviceSplit
@@ -289,7 +291,15 @@ def _evaluate_checkpoints(run, run_config, checkpoints, tta, data, epochs, devic
     ).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    for epoch in epochs:
+    for done, epoch in enumerate(epochs):
+        if stopping.requested():  # what was evaluated is cached already (evaluate_run)
+            signal = stopping.requested()
+            raise stopping.Stopped(
+                f"{run_config['experiment']}: evaluation stopped by {stopping.name(signal)} "
+                f"after {done} of {len(epochs)} checkpoints; those are kept in the cache and a "
+                "rerun evaluates the rest",
+                signal,
+            )
         started = time.perf_counter()
         path = run / "checkpoints" / f"epoch_{epoch:03d}.pt"
         try:

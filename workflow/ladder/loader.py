@@ -61,15 +61,20 @@ class DeviceSplit:
         return cls(x, np.load(data / f"{split}_y.npy"), device, on_device)
 
     def batches(
-        self, batch_size: int, order: torch.Tensor | None = None, drop_last: bool = False
+        self,
+        batch_size: int,
+        order: torch.Tensor | None = None,
+        drop_last: bool = False,
+        first: int = 0,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 NCHW images, int64 labels) on the device, in `order` (default: as stored).
-        NCHW is a view of NHWC storage: what the GPU gets is channels_last already."""
+        """(uint8 NCHW images, int64 labels) on the device, in `order` (default: as stored),
+        from batch number `first` (a resumed epoch). NCHW is a view of NHWC storage: what the
+        GPU gets is channels_last already."""
         n = len(self)
         stop = n - n % batch_size if drop_last else n
         if order is not None:
             order = order.to(self.x.device)  # once per pass, not one small copy per batch
-        for start in range(0, stop, batch_size):
+        for start in range(first * batch_size, stop, batch_size):
             if order is None:
                 xb, yb = self.x[start : start + batch_size], self.y[start : start + batch_size]
             else:

@@ -30,8 +30,9 @@ class Meter:
         self.name, self.epochs, self.every = name, epochs, every
         self.epoch_seconds = [float(row["seconds"]) for row in history]
 
-    def start_epoch(self, epoch: int, steps: int, batch: int) -> None:
-        self.epoch, self.steps, self.batch = epoch, steps, batch
+    def start_epoch(self, epoch: int, steps: int, batch: int, done: int = 0) -> None:
+        """`done`: steps of the epoch run before this session (a run stopped mid-epoch)."""
+        self.epoch, self.steps, self.batch, self.done = epoch, steps, batch, done
         self.started = self.last = time.perf_counter()
 
     def step(self, i: int) -> None:
@@ -41,17 +42,18 @@ class Meter:
             return
         self.last = now
         elapsed = now - self.started
-        epoch_left = elapsed / i * (self.steps - i)
+        per_step = elapsed / (i - self.done)  # this session's steps
+        epoch_left = per_step * (self.steps - i)
         per_epoch = (
             sum(self.epoch_seconds) / len(self.epoch_seconds)
             if self.epoch_seconds
-            else elapsed / i * self.steps
+            else per_step * self.steps
         )
         run_left = epoch_left + per_epoch * (self.epochs - self.epoch)
         log.info(
             "%s epoch %d/%d step %d/%d (%.0f%%), %.0f img/s; epoch ETA %s, run ETA %s",
             self.name, self.epoch, self.epochs, i, self.steps, 100 * i / self.steps,
-            i * self.batch / elapsed, duration(epoch_left), duration(run_left),
+            (i - self.done) * self.batch / elapsed, duration(epoch_left), duration(run_left),
         )  # fmt: skip
 
     def end_epoch(self, seconds: float) -> None:

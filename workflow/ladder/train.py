@@ -8,6 +8,10 @@ the settings, the input data and the code, so a changed experiment never resumes
 state; a state that is unreadable or disagrees with its checkpoints is discarded, with a log
 line, and training starts over. One run per experiment at a time (ladder.workspace).
 
+Asked to stop (SIGTERM, SIGINT, SIGUSR1: ladder.stopping), a run finishes its optimiser step and
+saves the state mid-epoch, with the RNG states and its place in the epoch; the rerun continues
+from that step.
+
 Randomness is re-seeded from (seed, epoch) at the start of every epoch: shuffling, augmentation,
 dropout and ShakeDrop draw the same numbers whether or not the run was interrupted before, so a
 resumed run ends with the same weights as an uninterrupted one (on the CPU; GPU kernels are not
@@ -43,6 +47,7 @@ from ladder import (
     optim,
     provenance,
     stages,
+    stopping,
     workspace,
 )
 from ladder.inference import autocast, predict
@@ -204,13 +209,16 @@ class Learner:
         loss = nn.functional.cross_entropy(logits, y).item()
         return loss, (logits.argmax(1) == y).float().mean().item()
 
-    def save_state(self, path: Path, progress: Progress) -> None:
+    def save_state(self, path: Path, progress: Progress, partial: dict | None = None) -> None:
+        """`partial`: where in an unfinished epoch the run stopped (`_train_epoch`), or None
+        at the end of an epoch."""
         state = {
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.opt.state_dict(),
             "schedule": self.schedule.state_dict(),
             "progress": progress.__dict__,
+            "partial": partial,
         }
         _torch_save(state, path)
 
@@ -320,24 +328,25 @@ def _train_locked(
         runtime.compile_mode,
     )
     checkpoint_epochs = config.checkpoint_epochs(settings["epochs"], settings["checkpoint_every"])
-    prog = _resume(name, learner, state_dir)
+    prog, partial = _resume(name, learner, state_dir)
     meter = Meter(name, settings["epochs"], runtime.progress_seconds, prog.history)
 
     # Live curves, kept with the resume state (tensorboard --logdir results/ shows them while
     # the run trains) and handed over with the outputs; a resumed run drops what the killed
     # session logged after its last saved step.
     with (
-        _session_log(state_dir / "train.log", replay=prog.epoch > 0),
+        _session_log(state_dir / "train.log", replay=prog.step > 0),
         SummaryWriter(state_dir / "tensorboard", purge_step=prog.step + 1) as events,
     ):
         for epoch in range(prog.epoch + 1, settings["epochs"] + 1):
             epoch_start = time.perf_counter()
             try:
                 row = _train_epoch(name, learner, train_split, settings, epoch, prog, runtime,
-                                   meter, events)  # fmt: skip
+                                   meter, events, state_dir, partial)  # fmt: skip
             except NonFiniteLossError:
                 _keep_failed(runtime.failed_root / name, state_dir, prog)
                 raise
+            partial = None
             row["val_loss"], row["val_acc"] = learner.validate(val_split)
             learner.schedule.after_epoch(row["val_acc"])
             row["seconds"] = round(time.perf_counter() - epoch_start, 3)
@@ -399,14 +408,15 @@ def checkpoint_name(epoch: int) -> str:
     return f"epoch_{epoch:03d}.pt"
 
 
-def _resume(name: str, learner: Learner, state_dir: Path) -> Progress:
-    """The progress saved in `state_dir`, loaded into `learner`; a fresh start when there is
-    none, or when it cannot be trusted: an unreadable state.pt (a disk that filled up, a copy
-    cut short), or checkpoints that are missing or differ from what the state recorded. Such a
-    state is removed, with a log line that says why."""
+def _resume(name: str, learner: Learner, state_dir: Path) -> tuple[Progress, dict | None]:
+    """The progress saved in `state_dir`, loaded into `learner`, and where in the next epoch
+    it stopped (None: at its start). A fresh start when there is none, or when it cannot be
+    trusted: an unreadable state.pt (a disk that filled up, a copy cut short), or checkpoints
+    that are missing or differ from what the state recorded. Such a state is removed, with a
+    log line that says why."""
     path = state_dir / "state.pt"
     if not path.exists():
-        return Progress()
+        return Progress(), None
     try:
         state = torch.load(path, map_location=learner.device, weights_only=True)
         prog = Progress(**state["progress"])
@@ -418,10 +428,15 @@ def _resume(name: str, learner: Learner, state_dir: Path) -> Progress:
         log.warning("%s: discarding resume state %s (%s); training from the start", name,
                     state_dir, str(e).splitlines()[0] if str(e) else type(e).__name__)  # fmt: skip
         shutil.rmtree(state_dir)
-        return Progress()
+        return Progress(), None
     learner.load_state(state)
-    log.info("%s: resuming after epoch %d from %s", name, prog.epoch, state_dir)
-    return prog
+    partial = state.get("partial")
+    if partial is None:
+        log.info("%s: resuming after epoch %d from %s", name, prog.epoch, state_dir)
+    else:
+        log.info("%s: resuming at epoch %d, step %d from %s", name, partial["epoch"],
+                 partial["step"], state_dir)  # fmt: skip
+    return prog, partial
 
 
 def _train_epoch(
@@ -434,9 +449,13 @@ def _train_epoch(
     runtime: Runtime,
     meter: Meter,
     events: SummaryWriter,
+    state_dir: Path,
+    partial: dict | None = None,
 ) -> dict:
-    """One pass over the train split; appends to prog.steps; returns the epoch's history row
-    so far. Loss and accuracy sums stay on the device and are read every log_every steps."""
+    """One pass over the train split, or its rest after `partial` (where a stopped run left
+    it); appends to prog.steps; returns the epoch's history row so far. Loss and accuracy sums
+    stay on the device and are read every log_every steps. Asked to stop, it saves the state
+    before the next step and raises stopping.Stopped."""
     dev, batch, log_every = learner.device, settings["batch_size"], settings["log_every"]
     seed = epoch_seed(settings["seed"], epoch)
     seed_everything(seed)
@@ -444,57 +463,139 @@ def _train_epoch(
     gen = torch.Generator(dev).manual_seed(seed + 1)
     steps = split.steps(batch, drop_last=True)
     row = {"epoch": epoch, "lr": optim.current_lr(learner.opt)}
+    sums = _Sums.zero(dev)
+    done = 0  # steps of this epoch before this session
+    if partial is not None:
+        done, row["lr"] = partial["step"], partial["lr"]
+        sums = _Sums.load(partial["sums"], dev)
+        _set_rng_state(partial["rng"], dev)
+        gen.set_state(partial["gen"])
 
-    zero = torch.zeros((), device=dev)
-    win_loss, win_correct, win_n = zero.clone(), zero.clone(), 0
-    ep_loss, ep_correct, ep_n = zero.clone(), zero.clone(), 0
-    step_t, first_bad = zero.clone(), torch.full((), -1.0, device=dev)
     disable = None if runtime.progress_bar else True  # None: a bar only on a terminal
     bar = tqdm(
-        total=steps, desc=f"{name} {epoch}/{settings['epochs']}", disable=disable, leave=False
-    )
-    meter.start_epoch(epoch, steps, batch)
+        total=steps, initial=done, desc=f"{name} {epoch}/{settings['epochs']}", disable=disable,
+        leave=False,
+    )  # fmt: skip
+    meter.start_epoch(epoch, steps, batch, done)
     start = time.perf_counter()
-    for i, (images, labels) in enumerate(split.batches(batch, order, drop_last=True), 1):
+    batches = split.batches(batch, order, drop_last=True, first=done)
+    for i, (images, labels) in enumerate(batches, done + 1):
+        if stopping.requested():
+            bar.close()
+            partial = {
+                "epoch": epoch, "step": i - 1, "lr": row["lr"], "sums": sums.save(),
+                "rng": _rng_state(dev), "gen": gen.get_state(),
+            }  # fmt: skip
+            learner.save_state(state_dir / "state.pt", prog, partial)
+            signal = stopping.name(stopping.requested())
+            raise stopping.Stopped(
+                f"{name}: stopped by {signal} at epoch {epoch}, step {i - 1} of {steps}; "
+                f"resumes there ({state_dir})",
+                stopping.requested(),
+            )
         loss, correct = learner.step(images, labels, gen)
-        step_t += 1
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step_t, first_bad)
-        win_loss += loss * len(labels)
-        win_correct += correct
-        win_n += len(labels)
+        sums.add_step(loss, correct, len(labels))
         prog.step += 1
         meter.step(i)
         if prog.step % log_every and i != steps:
             continue
-        _check_finite(first_bad, name, epoch, prog.step - i)
+        _check_finite(sums.first_bad, name, epoch, prog.step - i)
         if prog.step % log_every == 0:
             point = {
                 "step": prog.step,
                 "epoch": epoch,
                 "lr": optim.current_lr(learner.opt),
-                "loss": win_loss.item() / win_n,
-                "acc": win_correct.item() / win_n,
+                "loss": sums.win_loss.item() / sums.win_n,
+                "acc": sums.win_correct.item() / sums.win_n,
             }
             prog.steps.append(point)
             events.add_scalar("train/acc", 100 * point["acc"], prog.step)  # percent
             for key in ("loss", "lr"):
                 events.add_scalar(f"train/{key}", point[key], prog.step)
-        ep_loss, ep_correct, ep_n = ep_loss + win_loss, ep_correct + win_correct, ep_n + win_n
-        win_loss, win_correct, win_n = zero.clone(), zero.clone(), 0
-        rate = ep_n / (time.perf_counter() - start)
+        sums.end_window()
         bar.set_postfix(
-            loss=f"{ep_loss.item() / ep_n:.3f}",
-            acc=f"{100 * ep_correct.item() / ep_n:.1f}%",
-            img_s=f"{rate:.0f}",
+            loss=f"{sums.ep_loss.item() / sums.ep_n:.3f}",
+            acc=f"{100 * sums.ep_correct.item() / sums.ep_n:.1f}%",
+            img_s=f"{(i - done) * batch / (time.perf_counter() - start):.0f}",
         )
         bar.update(i - bar.n)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     bar.close()
-    row["train_loss"] = ep_loss.item() / ep_n
-    row["train_acc"] = ep_correct.item() / ep_n
-    row["images_per_second"] = round(ep_n / (time.perf_counter() - start), 1)
+    row["train_loss"] = sums.ep_loss.item() / sums.ep_n
+    row["train_acc"] = sums.ep_correct.item() / sums.ep_n
+    row["images_per_second"] = round((steps - done) * batch / (time.perf_counter() - start), 1)
     return row
+
+
+@dataclass
+class _Sums:
+    """An epoch's running sums, on the device: the current logging window's and the epoch's
+    (windows already closed), and the first step of the epoch whose loss was not finite."""
+
+    win_loss: torch.Tensor
+    win_correct: torch.Tensor
+    win_n: int
+    ep_loss: torch.Tensor
+    ep_correct: torch.Tensor
+    ep_n: int
+    step: torch.Tensor  # steps of the epoch so far, counted on the device
+    first_bad: torch.Tensor  # -1 while every loss is finite
+
+    @classmethod
+    def zero(cls, dev: torch.device) -> _Sums:
+        zero = torch.zeros((), device=dev)
+        return cls(zero.clone(), zero.clone(), 0, zero.clone(), zero.clone(), 0, zero.clone(),
+                   torch.full((), -1.0, device=dev))  # fmt: skip
+
+    def add_step(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        self.step += 1
+        self.first_bad = torch.where(
+            (self.first_bad < 0) & ~torch.isfinite(loss), self.step, self.first_bad
+        )
+        self.win_loss += loss * n
+        self.win_correct += correct
+        self.win_n += n
+
+    def end_window(self) -> None:
+        self.ep_loss, self.ep_correct = (
+            self.ep_loss + self.win_loss,
+            self.ep_correct + self.win_correct,
+        )
+        self.ep_n += self.win_n
+        self.win_loss, self.win_correct = (
+            torch.zeros_like(self.win_loss),
+            torch.zeros_like(self.win_correct),
+        )
+        self.win_n = 0
+
+    def save(self) -> dict:
+        return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def load(cls, saved: dict, dev: torch.device) -> _Sums:
+        return cls(**{k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in saved.items()})
+
+
+def _rng_state(dev: torch.device) -> dict:
+    """Every random number generator a training step may draw from (dropout and ShakeDrop draw
+    from torch's global one), as plain tensors and tuples that load with weights_only=True."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict, dev: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], dev)
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
+    random.setstate(state["python"])
 
 
 def _check_finite(first_bad: torch.Tensor, name: str, epoch: int, step_offset: int) -> None:
