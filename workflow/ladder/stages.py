@@ -77,7 +77,8 @@ _AUGMENT = _code("augment.py", "augment_registry.py")  # the pipeline, not the o
 # A model's own files and the ops' are not here: each experiment's training and evaluation
 # depend on those of its model and of the ops it turns on only, through its code record
 # (CODE_RECORD, ladder.config.code_record), which `configure` writes.
-_RUN = (*_AUGMENT, *_code("loader.py", "inference.py", "models/__init__.py"))
+# stopping.py: where a stopped run saves its place decides the state it resumes from.
+_RUN = (*_AUGMENT, *_code("loader.py", "inference.py", "models/__init__.py", "stopping.py"))
 _MODEL_FILES = tuple(dict.fromkeys(f for m in MODELS.values() for f in _code(*m.code)))
 _OP_FILES = tuple(dict.fromkeys(f for op in OPS for f in _code(*op.code)))
 _SOURCE_FILES = tuple(
