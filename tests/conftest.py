@@ -43,6 +43,24 @@ def load_benchmark(name: str):
 
 BIN = Path(sys.executable).parent
 
+
+def require_browser():
+    """docs/screenshot.py (the browser the README's picture uses), once a headless Chromium and
+    Selenium are there: the test is skipped without them, or fails where CI is set."""
+    sys.path.insert(0, str(REPO / "docs"))
+    import screenshot
+
+    if absent := screenshot.missing():
+        message = (
+            f"missing {', '.join(absent)}: install them with `apt-get install -y chromium "
+            "chromium-driver` (or `make system-deps` as root) and `pip install selenium`"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return screenshot
+
+
 # No test fails for being slow on a busy machine: a bound only stops a runaway (hung) step, at
 # RUNAWAY times what the step takes on an idle 2-core machine, and its message says both.
 RUNAWAY = 10

@@ -6,17 +6,20 @@ experiment (one bar per experiment for the ladder)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import BIN, REPO
+from conftest import BIN, REPO, Deadline, require_browser
 from ladder import stages
 from ladder.report import dvc_plots, tables
+from PIL import Image
 
 # More experiments than a 10-colour palette has, more epochs than one digit: colours must not
 # repeat and epochs must sort as numbers ("10" < "9" as text).
@@ -68,6 +71,7 @@ def dvc_project(root: Path) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=root, check=True)
     shutil.copytree(REPO / stages.PLOT_TEMPLATES, root / stages.PLOT_TEMPLATES)
+    shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")  # the page to fill
     plots = [stages.dvc_plot(plot) for plot in stages.PLOTS]
     (root / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}, sort_keys=False))
     write_report_tables(root / stages.REPORT)
@@ -162,15 +166,46 @@ def test_two_revisions_are_told_apart(project, tmp_path):
     assert lines["color"]["field"] == "experiment"
 
 
-def test_the_html_page_has_every_view(project, tmp_path):
+def html_page(project: Path, out: Path) -> Path:
+    """`dvc plots show -o out`, as a user runs it; the page it writes."""
     subprocess.run(
-        [str(BIN / "dvc"), "plots", "show", "-o", str(tmp_path / "html")],
+        [str(BIN / "dvc"), "plots", "show", "-o", str(out)],
         cwd=project,
         capture_output=True,
         check=True,
     )
-    page = (tmp_path / "html" / "index.html").read_text()
+    return out / "index.html"
+
+
+def test_the_html_page_has_every_view_and_needs_no_network(project, tmp_path):
+    page = html_page(project, tmp_path / "html").read_text()
     assert page.count("vegaEmbed(") == len(stages.PLOTS)
+    assert "vega 5.21.0" in page  # the project's page (.dvc/config), not DVC's own
+    assert not re.search(r"<script[^>]+src=", page), "a script from elsewhere: blank offline"
+
+
+def test_the_html_page_draws_every_view_offline_in_a_browser(project, tmp_path):
+    screenshot = require_browser()
+    page = html_page(project, tmp_path / "html")
+    with screenshot.chromium(1400, 1000) as driver:
+        driver.get(page.as_uri())
+        # Vega-Embed puts one canvas in each view's div once it has drawn the chart.
+        deadline = Deadline("Vega drawing the DVC plots page", expected=2)
+        while True:
+            drawn = driver.execute_script(
+                "return [...document.querySelectorAll('body > div[id]')]"
+                ".map(d => [d.id, d.querySelectorAll('canvas, svg').length])"
+            )
+            if len(drawn) == len(stages.PLOTS) and all(n for _, n in drawn):
+                break
+            deadline.check()
+            time.sleep(0.2)
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        # A chart, not an empty canvas: the first one has more than a few colours.
+        png = tmp_path / "page.png"
+        driver.save_screenshot(str(png))
+    assert len(Image.open(png).convert("RGB").getcolors(1 << 20)) > 20
 
 
 def test_dvc_yaml_declares_the_views_of_files_the_stages_write():

@@ -9,12 +9,12 @@ selenium package. Without them the test is skipped, or fails where CI is set.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_browser
 from ladder import config
 from ladder.report import build_report
 from PIL import Image
@@ -30,20 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT = 1400, 1000
 
 
-def _require_browser() -> None:
-    if absent := screenshot.missing():
-        message = (
-            f"missing {', '.join(absent)}: install them with `apt-get install -y chromium "
-            "chromium-driver` (or `make system-deps` as root) and `pip install selenium`"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def browser():
-    _require_browser()
+    require_browser()
     with screenshot.chromium(WIDTH, HEIGHT) as driver:
         yield driver
 
@@ -95,7 +84,7 @@ def test_screenshot_is_not_blank(page, tmp_path):
 def ladder_page(tmp_path_factory) -> Path:
     """The report of params.yaml's experiments (their names, descriptions and changes, synthetic
     numbers), small data."""
-    _require_browser()
+    require_browser()
     root = tmp_path_factory.mktemp("ladder")
     params = config.load(REPO / "params.yaml")
     shape = report_benchmark.Shape(classes=20, val=400, test=200, train=400, size=8)

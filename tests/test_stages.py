@@ -60,6 +60,14 @@ def test_dvc_yaml_is_generated_from_the_stage_table():
     )
 
 
+def test_the_dvc_plots_page_is_generated_from_snakemake_s_vega():
+    committed = (REPO / stages.PLOTS_PAGE).read_text()
+    assert committed == stages.dvc_plots_page(), (
+        f"{stages.PLOTS_PAGE} differs from what the pinned Snakemake's Vega gives: run "
+        f"`ladder dvc-plots-page > {stages.PLOTS_PAGE}`"
+    )
+
+
 def dvc_disagreements(project: Project) -> list[str]:
     """Where DVC's own reading of the project's dvc.yaml differs from the table."""
     from dvc.dependency.param import ParamsDependency

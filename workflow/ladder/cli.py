@@ -44,6 +44,10 @@ def _dvc_yaml(args: argparse.Namespace) -> None:
     sys.stdout.write(stages.dvc_yaml())
 
 
+def _dvc_plots_page(args: argparse.Namespace) -> None:
+    sys.stdout.write(stages.dvc_plots_page())
+
+
 def _conda_env(args: argparse.Namespace) -> None:
     sys.stdout.write(stages.conda_env())
 
@@ -214,6 +218,11 @@ def parser() -> argparse.ArgumentParser:
 
     y = sub.add_parser("dvc-yaml", help="print dvc.yaml, generated from the stage table")
     y.set_defaults(func=_dvc_yaml)
+
+    pp = sub.add_parser(
+        "dvc-plots-page", help="print the page `dvc plots show` fills, with Vega inlined"
+    )
+    pp.set_defaults(func=_dvc_plots_page)
 
     ce = sub.add_parser(
         "conda-env", help="print the rules' conda environment, generated from pyproject.toml"
