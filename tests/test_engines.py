@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -169,19 +170,33 @@ def test_after_snakemake_ladder_dvc_commit_makes_dvc_up_to_date(project):
     commit_to_git(project)
 
 
-def test_dvc_commit_refuses_results_that_are_not_up_to_date(project):
+def suggested(message: str) -> list[str]:
+    """The command a message suggests (the last one in backquotes), split as a shell splits it."""
+    return shlex.split(re.findall(r"`([^`]+)`", message)[-1])
+
+
+def test_dvc_commit_refuses_results_that_are_not_up_to_date_and_says_what_to_run(project):
     before = edit(project, lambda p: p["experiments"]["other"].update(seed=5))
     refused = project.run("ladder", "dvc-commit", check=False)
     assert refused.returncode == 1
     assert "params.yaml changed since Snakemake last ran" in refused.stderr
+    first = suggested(refused.stderr)
     dvc_changed(project)  # DVC's configure ran: the settings are current, the results are not
     refused = project.run("ladder", "dvc-commit", check=False)
     assert refused.returncode == 1
     assert "Snakemake still has work to do" in refused.stderr
     assert re.search(r"^  train +1$", refused.stderr, re.M)  # its plan
     assert "Traceback" not in refused.stderr
+    # Each message's command runs as printed, and then the handover goes through.
+    project.run(*suggested(refused.stderr.split("Its plan:")[0]))
+    project.run("ladder", "dvc-commit")
+    assert "up to date" in project.run("dvc", "status").stdout
     project.write_params(before)
+    assert suggested(project.run("ladder", "dvc-commit", check=False).stderr) == first
+    project.run(*first)
+    project.run("ladder", "dvc-commit")
     nothing_to_do(project)
+    commit_to_git(project)
 
 
 def test_dvc_reproduces_snakemake_s_bytes(project):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -164,6 +165,13 @@ def test_touch_refuses_a_checkpoint_damaged_in_place(project):
     assert committed.returncode != 0
     assert "epoch_001.pt: content differs" in committed.stderr
     assert "Traceback" not in committed.stderr
+    # Both name the command that rebuilds it, which runs as printed; then --touch has nothing
+    # left to refuse.
+    command = re.search(r"epoch_001.pt: content differs[^`]*`(snakemake [^`]+)`", touched.stderr)
+    assert command, touched.stderr
+    assert f"`{command[1]}`" in committed.stderr
+    project.run(*shlex.split(command[1]), expected=20)
+    project.snakemake("report", "--touch", expected=20)
 
 
 def test_a_training_whose_outputs_are_gone_runs_again(project):

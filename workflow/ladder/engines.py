@@ -108,7 +108,7 @@ def dvc_commit(root: str | Path = ".", params_file: str = stages.PARAMS) -> None
     if damaged:
         raise NotInSyncError(
             "results that are not what their manifests record, not recorded in dvc.lock: "
-            + "; ".join(f"{why} (regenerate {output})" for output, why in damaged.items())
+            + "; ".join(damaged.values())
         )
     log.info("Snakemake's results are up to date with %s; recording them in dvc.lock", params_file)
     done = subprocess.run(

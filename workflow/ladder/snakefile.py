@@ -197,22 +197,29 @@ def refuse_touch(params: config.Params, root: Path, forced: dict[str, str]) -> N
         for path in map(at, stage.out_paths)
         if not (root / path).exists()
     }
-    wrong = {**never, **forced, **unverified(params, root)}
-    problems = [f"{output}: {why}" for output, why in wrong.items()]
-    if problems:
-        raise RuntimeError(
-            "--touch would mark results as current that are not: "
-            + "; ".join(problems[:5])
-            + ("; ..." if len(problems) > 5 else "")
-            + ". Run `snakemake report --cores 1` for them first (--touch is for keeping "
-            "results after an edit of the code that changes none)"
-        )
+    stale = [f"{output}: {why}" for output, why in {**never, **forced}.items()]
+    damaged = list(unverified(params, root).values())  # each with the command that rebuilds it
+    if not (stale or damaged):
+        return
+    parts = []
+    if stale:
+        parts.append(
+            "; ".join(stale[:5]) + ("; ..." if len(stale) > 5 else "")
+            + ". Run `snakemake report --cores 1` for them first"
+        )  # fmt: skip
+    if damaged:  # a plan cannot see them, so `snakemake report` would not rebuild them
+        parts.append("; ".join(damaged[:5]) + ("; ..." if len(damaged) > 5 else ""))
+    raise RuntimeError(
+        "--touch would mark results as current that are not: "
+        + ". ".join(parts)
+        + ". (--touch is for keeping results after an edit of the code that changes none)"
+    )
 
 
 def unverified(params: config.Params, root: Path) -> dict[str, str]:
     """Output -> what is wrong, for every finished folder of the DAG whose files do not all
-    match their manifest's digests (what a command that vouches for results checks first:
-    --touch, ladder dvc-commit)."""
+    match their manifest's digests, with the command that rebuilds it (what a command that
+    vouches for results checks first: --touch, ladder dvc-commit)."""
     found = {}
     for stage, _, at in _jobs(params):
         for out in stage.outs.values():
@@ -222,7 +229,7 @@ def unverified(params: config.Params, root: Path) -> dict[str, str]:
             try:
                 manifest.verify(folder)
             except manifest.ManifestError as e:
-                found[stages.manifest(at(out.path))] = str(e).split("; regenerate", 1)[0]
+                found[stages.manifest(at(out.path))] = str(e)
     return found
 
 
