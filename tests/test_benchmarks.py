@@ -262,3 +262,22 @@ def test_prepare_benchmark_runs_as_written_at_tiny_sizes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "images: {'train': 14, 'val': 4, 'test': 6}" in result.stdout
     assert re.search(r"^prepare +\d", result.stdout, re.M)
+
+
+def test_stopping_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
+    out = tmp_path / "stopping.json"
+    args = ["--train", "256", "--size", "8", "--batch", "16", "--points", "0.5",
+            "--json", str(out)]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "stopping.py"), *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["signal"]: r for r in json.loads(out.read_text())}
+    assert rows["SIGTERM"]["exit_status"] == 128 + signal.SIGTERM
+    assert rows["SIGTERM"]["lost_steps"] == 0  # it resumes at the step it stopped after
+    assert 0 < rows["SIGTERM"]["saved_seconds"] < rows["SIGTERM"]["exit_seconds"]
+    assert rows["SIGKILL"]["saved_seconds"] is None
+    assert rows["SIGKILL"]["exit_status"] == -signal.SIGKILL
+    assert rows["SIGKILL"]["lost_steps"] >= 8  # back to the start of epoch 2 (16 steps)
+    assert "lost steps" in result.stdout
