@@ -19,7 +19,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from conftest import Deadline, Project, tiny_params
+import yaml
+from conftest import Deadline, Project, finish, tiny_params
+from ladder import stages
 
 CONF_TEMPLATE = Path(__file__).resolve().parent / "slurm" / "slurm.conf"
 SETUP = "run `make system-deps` as root (it installs Debian's slurm-wlm and munge)"
@@ -242,3 +244,111 @@ def test_the_dag_runs_as_slurm_jobs(cluster, tmp_path):
     # slurmctld ran every one of those jobs, and each succeeded.
     exit_codes = cluster.exit_codes()
     assert {log.stem: exit_codes.get(log.stem) for log in logs} == {log.stem: 0 for log in logs}
+
+
+# ----------------------------------------------------------------------------------------------
+# Stopped by SLURM: a time limit, scancel, a requeue
+
+
+def slurm_args(*resources: str) -> list[str]:
+    """SLURM_ARGS with more `--set-resources` entries (a second --set-resources would replace
+    the first's)."""
+    args = list(SLURM_ARGS)
+    at = args.index("--set-resources") + 1
+    return [*args[:at], *resources, *args[at:]]
+
+
+def last(pattern: str, text: str) -> re.Match:
+    found = list(re.finditer(pattern, text))
+    assert found, f"no {pattern!r} in:\n{text[-4000:]}"
+    return found[-1]
+
+
+def running_job(what: str) -> str:
+    """The id of the one SLURM job running now."""
+    ids: list[str] = []
+
+    def one_running() -> bool:
+        ids[:] = run("squeue", "--noheader", "--states=R", "--format=%i").stdout.split()
+        return len(ids) == 1
+
+    wait_for(one_running, what, expected=10)
+    return ids[0]
+
+
+@pytest.mark.slow
+def test_a_training_job_stopped_by_slurm_resumes_mid_epoch(cluster, tmp_path):
+    params = tiny_params()
+    # One experiment that trains far longer than the test runs.
+    params["experiments"] = {
+        "small": {**params["experiments"]["small"], "epochs": 500, "batch_size": 4}
+    }
+    project = Project(tmp_path / "p", params)
+    project.snakemake(stages.STATS)  # the data stages here; training goes to SLURM
+    target = "results/experiments/small/config.json"
+    log = project.path("logs/train/small.log")  # the job's own log, as the rule writes it
+    stopped = r"small: stopped by SIGTERM at epoch (\d+), step (\d+) of (\d+); resumes there"
+
+    # 1. Three minutes of run time: the profile's --signal has SLURM send SIGTERM up to two
+    # minutes early (its own resolution adds up to one), so training stops and saves its place
+    # before SLURM's time limit would (TERM, then KILL after KillWait) end the job. (The test's
+    # --set-resources replaces the profile's: its slurm_extra is passed on from the profile.)
+    profile = yaml.safe_load(project.path("profiles/slurm/config.yaml").read_text())
+    early_signal = f"train:slurm_extra={profile['set-resources']['train']['slurm_extra']}"
+    proc = project.snakemake(
+        target, *slurm_args("train:runtime=3", early_signal), check=False, expected=150
+    )
+    assert proc.returncode != 0
+    text = log.read_text()
+    assert "received SIGTERM: stopping at the next safe point" in text
+    first = last(stopped, text)
+    at = (int(first[1]), int(first[2]))
+    slurm_text = "".join(p.read_text() for p in slurm_logs(project))
+    assert "DUE TO TIME LIMIT" not in slurm_text, slurm_text
+
+    # 2. The rerun resumes where that stop left it.
+    output = (tmp_path / "rerun.log").open("w")
+    rerun = subprocess.Popen(
+        ["snakemake", "--cores", "2", target, *slurm_args(early_signal)],
+        cwd=project.root, env=project.env(), stdout=output, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+    def resumed_by(not_pid: int | None = None) -> tuple[int, tuple[int, int]] | None:
+        """(pid, (epoch, step) it resumed at) of the last `ladder train` session in the log, once
+        it has resumed; None before, or when that session's pid is `not_pid`."""
+        sessions = []
+        for line in (log.read_text() if log.exists() else "").splitlines():
+            if found := re.search(r"==== ladder .* \(pid (\d+) on ", line):
+                sessions.append((int(found[1]), None))
+            elif found := re.search(r"small: resuming at epoch (\d+), step (\d+) from", line):
+                sessions[-1] = (sessions[-1][0], (int(found[1]), int(found[2])))
+            elif found := re.search(r"small: resuming after epoch (\d+) from", line):
+                sessions[-1] = (sessions[-1][0], (int(found[1]) + 1, 0))
+        if not sessions or sessions[-1][1] is None or sessions[-1][0] == not_pid:
+            return None
+        return sessions[-1]
+
+    wait_for(lambda: resumed_by() is not None, "the rerun to resume", 20)
+    pid, where = resumed_by()
+    assert where == at
+    job = running_job("the rerun's SLURM job")
+
+    # 3. Requeued (as after a preemption or a lost node), the job is stopped (SIGTERM), runs
+    # again and resumes where it stopped. (SLURM holds a requeued job back for a while before
+    # it is eligible again; the test makes it eligible at once.)
+    assert run("scontrol", "requeue", job).returncode == 0
+    wait_for(lambda: "PENDING" in run("squeue", "-h", "-j", job, "-o", "%T").stdout,
+             "the requeued job to be pending", 5)  # fmt: skip
+    run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    wait_for(lambda: resumed_by(not_pid=pid) is not None, "the requeued job to resume", 20)
+    # The resumed session's log repeats the earlier ones, the requeued one's stop last.
+    requeued = last(stopped, log.read_text())
+    assert resumed_by(not_pid=pid)[1] == (int(requeued[1]), int(requeued[2])) > at
+
+    # 4. scancel --signal=TERM reaches `ladder train` (scancel signals the job steps, not the
+    # batch shell's Snakemake), which stops as at the time limit.
+    run("scancel", "--signal=TERM", running_job("the requeued job"))
+    assert finish(rerun, "Snakemake after scancel --signal=TERM", expected=30) != 0
+    output.close()
+    second = last(stopped, log.read_text())
+    assert (int(second[1]), int(second[2])) > at, "the rerun did not go on from the first stop"

@@ -32,20 +32,23 @@ SECOND_SIGNAL = textwrap.dedent(
     """
     import os, signal, sys, time
     from ladder import stopping
+    stopping.REPEAT_SECONDS = float(sys.argv[1])
     with stopping.graceful():
         os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # at once: the same request delivered twice
         print("asked", stopping.requested(), flush=True)
-        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(stopping.REPEAT_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)  # later: asked again
         time.sleep(60)
         print("not stopped", flush=True)
     """
 )
 
 
-def test_a_second_signal_stops_the_process_at_once():
+def test_a_second_signal_stops_the_process_at_once_a_duplicate_does_not():
     bound = Deadline("a process that should die on its second SIGTERM", expected=2)
     proc = subprocess.run(
-        [sys.executable, "-c", SECOND_SIGNAL], capture_output=True, text=True,
+        [sys.executable, "-c", SECOND_SIGNAL, "0.5"], capture_output=True, text=True,
         timeout=bound.seconds,
     )  # fmt: skip
     assert proc.stdout == f"asked {int(signal.SIGTERM)}\n", proc.stderr

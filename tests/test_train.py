@@ -366,6 +366,10 @@ def test_sigterm_mid_epoch_saves_the_step_and_the_rerun_continues_there_bit_exac
         _train_cmd(digits, stopped, settings_file), check=True, capture_output=True, text=True
     )
     assert f"resuming at epoch 2, step {step} from" in resumed.stderr
+    # The earlier session's lines, repeated in the job log (Snakemake deletes it before a rerun),
+    # say why it stopped.
+    replayed = resumed.stderr.split("earlier sessions of this run")[1]
+    assert f"x: stopped by SIGTERM at epoch 2, step {step} of" in replayed
     assert_same_run(whole, stopped)
 
 

@@ -7,7 +7,10 @@ warning. Inside `graceful()` the first of these only sets a flag. The job polls 
 points (training after each optimiser step, evaluation between checkpoints), saves what it has
 and raises `Stopped`, which `ladder` turns into one log line and exit status 128 + the signal's
 number. A second signal ends the process at once: every file is written atomically, so that
-loses only work not yet saved.
+loses only work not yet saved. Only a second signal that comes REPEAT_SECONDS or more after the
+first, though: SLURM delivers one SIGTERM twice within milliseconds (to every process of the job
+step, and again through srun, which forwards it), and a job killed by that copy saves nothing
+(tests/test_slurm.py).
 """
 
 from __future__ import annotations
@@ -16,13 +19,18 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
+# A signal this soon after the first is the same request, delivered twice.
+REPEAT_SECONDS = 2.0
+
 _received: int | None = None  # the first signal received inside graceful(), by number
+_received_at = 0.0  # when, by time.monotonic()
 
 
 class Stopped(Exception):
@@ -47,15 +55,18 @@ def name(signum: int) -> str:
 
 
 def _handle(signum: int, _frame) -> None:
-    global _received
-    if _received is not None:  # asked twice: stop now, as if no handler were installed
+    global _received, _received_at
+    if _received is not None:
+        if time.monotonic() - _received_at < REPEAT_SECONDS:
+            return  # the first request again
+        # Asked again: stop now, as if no handler were installed.
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
-    _received = signum
+    _received, _received_at = signum, time.monotonic()
     log.warning(
-        "received %s: stopping at the next safe point and saving progress (send it again to "
-        "stop at once)", name(signum),
+        "received %s: stopping at the next safe point and saving progress (send it again "
+        "%.0f s or more later to stop at once)", name(signum), REPEAT_SECONDS,
     )  # fmt: skip
 
 

@@ -399,6 +399,9 @@ def _session_log(path: Path, replay: bool) -> Iterator[None]:
     logger.addHandler(handler)
     try:
         yield
+    except stopping.Stopped as e:  # `ladder` logs it to the job log after this; here too
+        handler.emit(log.makeRecord(log.name, logging.WARNING, __file__, 0, "%s", (e,), None))
+        raise
     finally:
         logger.removeHandler(handler)
         handler.close()
