@@ -281,3 +281,34 @@ def test_stopping_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
     assert rows["SIGKILL"]["exit_status"] == -signal.SIGKILL
     assert rows["SIGKILL"]["lost_steps"] >= 8  # back to the start of epoch 2 (16 steps)
     assert "lost steps" in result.stdout
+
+
+def test_resolution_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
+    out = tmp_path / "resolution.json"
+    args = ["--sizes", "5", "20", "--repeats", "1", "--before", str(REPO), "--json", str(out)]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "resolution.py"), *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert set(rows) == {"this checkout", "before"}
+    assert {n: r["experiments"] for n, r in rows["before"].items()} == {"5": 5, "20": 20}
+    assert "exponent" in result.stdout
+
+
+def test_startup_benchmark_runs_every_row(tmp_path):
+    out = tmp_path / "startup.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "startup.py"), "--repeats", "1",
+         "--json", str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert len(rows) == 6
+    assert all(r["cpu_s"] > 0 and r["wall_s"] > 0 for r in rows.values()), rows
+    # Nothing to do costs no more than starting torch and exiting (2 s of slack for a busy
+    # machine: the floor alone is 2 to 3 CPU-s).
+    floor = rows["import torch (the floor) (this checkout)"]["cpu_s"]
+    assert rows["ladder evaluate, all cached (this checkout)"]["cpu_s"] < floor + 2
