@@ -387,3 +387,24 @@ def test_an_experiment_name_that_cannot_be_a_file_name_is_refused(names, message
     with pytest.raises(ConfigError, match=re.escape(message)):
         Params.from_dict({"experiments": experiments})
     assert Params.from_dict({"experiments": {"a" * 200: {"model": {"name": "mynet"}}}})
+
+
+def test_a_base_chain_deeper_than_python_s_recursion_limit_resolves_each_rung():
+    # Each rung merged once over its base's merged settings (benchmarks/resolution.py: linear).
+    experiments = {"r0": {"model": {"name": "mynet", "blocks": 1, "width": 4}, "epochs": 3}}
+    for i in range(1, 1500):
+        diff = {"optimizer": {"lr": i / 1e4}} if i % 2 else {"seed": i}
+        experiments[f"r{i}"] = {"base": f"r{i - 1}", **diff}
+    resolved = Params.from_dict({"experiments": experiments}).experiments
+    last = resolved["r1499"]
+    assert last.chain == tuple(f"r{i}" for i in range(1499, -1, -1))
+    assert last.train["optimizer"]["lr"] == 0.1499
+    assert last.train["seed"] == 1498
+    assert resolved["r2"].train["optimizer"]["lr"] == 0.0001
+    assert resolved["r1"].train["seed"] == resolved["r0"].train["seed"]
+    assert all(exp.train["epochs"] == 3 for exp in resolved.values())
+    # Rungs share no settings object: changing one changes no other.
+    resolved["r1"].evaluate["passes"] = 99
+    resolved["r1"].train["model"]["width"] = 99
+    assert resolved["r2"].evaluate["passes"] != 99
+    assert resolved["r2"].train["model"]["width"] == 4

@@ -159,10 +159,21 @@ def _format_error(error: jsonschema.ValidationError) -> list[str]:
     return [f"{where}: {message}"]
 
 
-def _validate(instance: Any, sub_schema: dict, source: str, prefix: tuple = ()) -> None:
-    validator = jsonschema.Draft202012Validator(
+def _validator(sub_schema: dict) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(
         {**sub_schema, "$defs": schema()["$defs"]}, format_checker=None
     )
+
+
+def _validate(
+    instance: Any,
+    sub_schema: dict,
+    source: str,
+    prefix: tuple = (),
+    validator: jsonschema.Draft202012Validator | None = None,
+) -> None:
+    """`validator`: one made for `sub_schema` before (making it is most of the cost)."""
+    validator = validator or _validator(sub_schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = []
@@ -262,7 +273,7 @@ class Params:
         dataset = deep_merge(defaults(top["properties"]["dataset"]), raw.get("dataset", {}))
         tta = deep_merge(defaults(top["properties"]["tta"]), raw.get("tta", {}))
         diffs = raw.get("experiments", {})
-        experiments = {name: _resolve(name, diffs, tta, source) for name in diffs}
+        experiments = _resolve_all(diffs, tta, source)
         _check_replicates(experiments, source)
         selected = tuple(raw.get("run") or experiments)
         for name in selected:
@@ -427,43 +438,57 @@ def _suggest(word: str, choices) -> str:
     return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
-def _chain(name: str, diffs: Mapping, source: str) -> list[str]:
-    chain = [name]
-    while base := diffs[chain[-1]].get("base"):
-        if base not in diffs:
-            where = f"{source}: experiments.{chain[-1]}.base"
-            raise ConfigError(f"{where}: unknown experiment {base!r}{_suggest(base, diffs)}")
-        if base in chain:
-            cycle = " -> ".join([*chain[chain.index(base) :], base])
+def _merged(
+    name: str, diffs: Mapping, root: tuple, inherited: list[str], source: str, memo: dict
+) -> tuple[tuple[str, ...], dict, dict]:
+    """(chain, train settings, TTA settings) of `name` before pruning: its diff merged over its
+    base's merged settings. Each experiment is merged once (`memo`), so a ladder of n rungs
+    costs O(n), however deep its `base:` chains."""
+    pending: list[str] = []  # from `name` up to the first ancestor merged before
+    node: str | None = name
+    while node is not None and node not in memo:
+        if node in pending:
+            cycle = " -> ".join([*pending[pending.index(node) :], node])
             raise ConfigError(f"{source}: experiments.{name}.base: inheritance cycle {cycle}")
-        chain.append(base)
-    return chain
-
-
-def _resolve(name: str, diffs: Mapping, tta_defaults: dict, source: str) -> Experiment:
-    chain = _chain(name, diffs, source)
-    exp_schema = schema()["$defs"]["experiment"]
-    inherited = [k for k in exp_schema["properties"] if k not in OWN_KEYS + EVAL_KEYS]
-    train = {k: defaults(exp_schema["properties"][k]) for k in inherited}
-    tta = dict(tta_defaults)
-    for ancestor in reversed(chain):
+        pending.append(node)
+        base = diffs[node].get("base")
+        if base and base not in diffs:
+            where = f"{source}: experiments.{node}.base"
+            raise ConfigError(f"{where}: unknown experiment {base!r}{_suggest(base, diffs)}")
+        node = base or None
+    chain, train, tta = root if node is None else memo[node]
+    for ancestor in reversed(pending):
         diff = diffs[ancestor]
         train = deep_merge(train, {k: v for k, v in diff.items() if k in inherited})
         tta = deep_merge(tta, diff.get("tta", {}))
-    own = diffs[name]
-    train = _coerce_numbers(train, exp_schema)
-    train = _prune(train, own, f"{source}: experiments.{name}")
-    _check(train, f"{source}: experiments.{name}")
-    meta = {
-        "base": own.get("base", ""),
-        "description": own.get("description", ""),
-        "replicate_of": own.get("replicate_of", ""),
-        "reference": deep_merge(
-            defaults(exp_schema["properties"]["reference"]), own.get("reference", {})
-        ),
-    }
-    _validate(train, {"$ref": "#/$defs/experiment"}, source, ("experiments", name))
-    return Experiment(name, tuple(chain), train, tta, meta)
+        chain = (ancestor, *chain)
+        memo[ancestor] = (chain, train, tta)
+    return memo[name]
+
+
+def _resolve_all(diffs: Mapping, tta_defaults: dict, source: str) -> dict[str, Experiment]:
+    exp_schema = schema()["$defs"]["experiment"]
+    inherited = [k for k in exp_schema["properties"] if k not in OWN_KEYS + EVAL_KEYS]
+    root = ((), {k: defaults(exp_schema["properties"][k]) for k in inherited}, dict(tta_defaults))
+    reference = defaults(exp_schema["properties"]["reference"])
+    validator = _validator({"$ref": "#/$defs/experiment"})
+    memo: dict = {}
+    experiments = {}
+    for name, own in diffs.items():
+        chain, train, tta = _merged(name, diffs, root, inherited, source, memo)
+        # Merged settings are shared with the experiments built on this one: never modified.
+        train = _coerce_numbers(train, exp_schema)
+        train = _prune(train, own, f"{source}: experiments.{name}")
+        _check(train, f"{source}: experiments.{name}")
+        meta = {
+            "base": own.get("base", ""),
+            "description": own.get("description", ""),
+            "replicate_of": own.get("replicate_of", ""),
+            "reference": deep_merge(reference, own.get("reference", {})),
+        }
+        _validate(train, {"$ref": "#/$defs/experiment"}, source, ("experiments", name), validator)
+        experiments[name] = Experiment(name, chain, train, copy.deepcopy(tta), meta)
+    return experiments
 
 
 def _check_replicates(experiments: Mapping[str, Experiment], source: str) -> None:
