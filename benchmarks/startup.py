@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                     "wall_s": statistics.median(w for _, w in runs),
                 }
     print(f"median of {args.repeats} runs each")
-    print(f"{'':46s} {'CPU-s':>6s} {'wall-s':>7s}")
+    print(f"{'':56s} {'CPU-s':>6s} {'wall-s':>7s}")
     for name, r in rows.items():
-        print(f"{name:46s} {r['cpu_s']:6.2f} {r['wall_s']:7.2f}")
+        print(f"{name:56s} {r['cpu_s']:6.2f} {r['wall_s']:7.2f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
