@@ -8,6 +8,7 @@ a scratch copy of itself, with its own package first on PYTHONPATH.
     python benchmarks/scheduler.py                              # this checkout
     git worktree add /tmp/before <commit>
     python benchmarks/scheduler.py --before /tmp/before         # and that commit, in the same run
+    python benchmarks/scheduler.py --demo-config tiny.yaml      # a smaller real run
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TREE = ("Snakefile", "workflow", "profiles", "params.yaml", "config")
+TREE = ("Snakefile", "workflow", "profiles", "params.yaml", "config", "dvc.yaml")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -45,7 +46,9 @@ def own_cpu(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
     return cpu, time.perf_counter() - started
 
 
-def measure(tree: Path, scratch: Path) -> dict[str, tuple[float, float]]:
+def scratch_copy(tree: Path, scratch: Path) -> tuple[Path, dict]:
+    """A copy of `tree`'s workflow in `scratch`, and an environment whose `ladder`, Snakemake
+    and DVC run that copy's code on the CPU."""
     work = scratch / tree.name
     work.mkdir(parents=True)
     for name in TREE:
@@ -54,13 +57,19 @@ def measure(tree: Path, scratch: Path) -> dict[str, tuple[float, float]]:
             shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif src.exists():
             shutil.copy2(src, work / name)
-    env = {**os.environ, "PYTHONPATH": str(tree / "workflow"), "LADDER_DEVICE": "cpu"}
     bin_dir = Path(sys.executable).parent
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env = {**os.environ, "PYTHONPATH": str(work / "workflow"), "LADDER_DEVICE": "cpu",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    return work, env
+
+
+def measure(tree: Path, scratch: Path, demo_config: Path) -> dict[str, tuple[float, float]]:
+    work, env = scratch_copy(tree, scratch)
+    bin_dir = Path(sys.executable).parent
     snakemake = str(bin_dir / "snakemake")
     rows = {"full ladder, dry run": own_cpu([snakemake, "-n", "--cores", "1", "report"], work, env)}
     shutil.rmtree(work / ".snakemake", ignore_errors=True)
-    demo = [snakemake, "--cores", "2", "--configfile", "config/demo.yaml",
+    demo = [snakemake, "--cores", "2", "--configfile", str(demo_config.resolve()),
             "--replace-workflow-config", "report"]  # fmt: skip
     rows["demo, real run"] = own_cpu(demo, work, env)
     return rows
@@ -69,13 +78,15 @@ def measure(tree: Path, scratch: Path) -> dict[str, tuple[float, float]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--before", type=Path, help="an older checkout (git worktree) to compare")
+    p.add_argument("--demo-config", type=Path, default=REPO / "config" / "demo.yaml",
+                   help="the real run's config (a smaller one for a quick look)")  # fmt: skip
     args = p.parse_args(argv)
     trees = {"this checkout": REPO}
     if args.before:
         trees = {f"before ({args.before})": args.before.resolve(), **trees}
     with tempfile.TemporaryDirectory() as scratch:
-        results = {name: measure(tree, Path(scratch) / str(i)) for i, (name, tree)
-                   in enumerate(trees.items())}  # fmt: skip
+        results = {name: measure(tree, Path(scratch) / str(i), args.demo_config)
+                   for i, (name, tree) in enumerate(trees.items())}  # fmt: skip
     print(f"{'':28s} {'Snakemake CPU-s':>16s} {'wall s':>8s}")
     for name, rows in results.items():
         print(name)

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -30,8 +28,10 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).parent))
+from scheduler import scratch_copy  # one way to copy a tree to measure
+
 REPO = Path(__file__).resolve().parents[1]
-TREE = ("Snakefile", "workflow", "profiles", "dvc.yaml", "config")
 JOB_SECONDS = 600  # a runaway command's bound: each takes seconds
 EXPERIMENT = "x"
 PARAMS = {
@@ -64,19 +64,9 @@ def cpu_of(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
 
 def workspace(tree: Path, root: Path) -> tuple[Path, dict]:
     """A tiny finished project of `tree`'s code, and the environment its commands run in."""
-    work = root / tree.name
-    work.mkdir(parents=True)
-    for name in TREE:
-        src = tree / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, work / name)
+    work, env = scratch_copy(tree, root)
     (work / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PYTHONPATH": str(work / "workflow"), "LADDER_DEVICE": "cpu",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
-    cpu_of([str(bin_dir / "snakemake"), "report", "--cores", "2"], work, env)
+    cpu_of([str(Path(sys.executable).parent / "snakemake"), "report", "--cores", "2"], work, env)
     return work, env
 
 
