@@ -3,11 +3,11 @@ to the floor every one of them pays (`import torch`), for this checkout and, wit
 an older one in the same run.
 
 Each tree builds its own tiny workspace (the digits, one small experiment, with Snakemake), then
-runs, --repeats times each, after the floor (with and without the interpreter's shutdown, which
-`ladder` skips once its outputs are written): an evaluation whose checkpoints are all evaluated
-(its cache), a training whose run is finished (reused), `ladder stats` on the tiny prepared
-data, `ladder status`. CPU time is the command's process and its children (getrusage), wall
-time around it.
+runs every row once a round, for --repeats rounds (the median counts): the floor (with and
+without the interpreter's shutdown, which `ladder` skips once its outputs are written), an
+evaluation whose checkpoints are all evaluated (its cache), a training whose run is finished
+(reused), `ladder stats` on the tiny prepared data, `ladder status`. CPU time is the command's
+process and its children (getrusage), wall time around it.
 
     python benchmarks/startup.py                                # ~2 min on 2 cores
     git worktree add /tmp/before <commit>
@@ -36,13 +36,13 @@ JOB_SECONDS = 600  # a runaway command's bound: each takes seconds
 EXPERIMENT = "x"
 PARAMS = {
     "dataset": {"source": "digits", "val_fraction": 0.2, "test_fraction": 0.2, "image_size": 8},
-    "tta": {"passes": 2},
+    "tta": {"passes": 1},
     "experiments": {
         EXPERIMENT: {
             "model": {"name": "mynet", "blocks": 1, "width": 8},
             "augment": {"hflip": 0.0},
             "batch_size": 64,
-            "epochs": 2,
+            "epochs": 1,
         }
     },
 }
@@ -99,17 +99,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
     trees = {"this checkout": REPO} | ({"before": args.before.resolve()} if args.before else {})
-    rows: dict[str, dict[str, float]] = {}
+    runs: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, tree in trees.items():
-            work, env = workspace(tree, Path(tmp) / label.replace(" ", "_"))
-            for what, cmd in commands(work).items():
-                runs = [cpu_of(cmd, work, env) for _ in range(args.repeats)]
-                rows[f"{what} ({label})"] = {
-                    "cpu_s": statistics.median(c for c, _ in runs),
-                    "wall_s": statistics.median(w for _, w in runs),
-                }
-    print(f"median of {args.repeats} runs each")
+        built = {label: workspace(tree, Path(tmp) / label.replace(" ", "_"))
+                 for label, tree in trees.items()}  # fmt: skip
+        # Round by round, every row once a round: drift of the machine (page cache, clocks,
+        # other load) spreads over all rows instead of favouring the first tree.
+        for _ in range(args.repeats):
+            for label, (work, env) in built.items():
+                for what, cmd in commands(work).items():
+                    runs.setdefault(f"{what} ({label})", []).append(cpu_of(cmd, work, env))
+    rows = {
+        name: {"cpu_s": statistics.median(c for c, _ in r),
+               "wall_s": statistics.median(w for _, w in r)}
+        for name, r in runs.items()
+    }  # fmt: skip
+    print(f"median of {args.repeats} rounds")
     print(f"{'':56s} {'CPU-s':>6s} {'wall-s':>7s}")
     for name, r in rows.items():
         print(f"{name:56s} {r['cpu_s']:6.2f} {r['wall_s']:7.2f}")
