@@ -398,3 +398,28 @@ def test_a_batch_larger_than_the_train_split_is_refused_before_any_output(digits
         run(digits, tmp_path, settings(batch_size=5000))
     assert not out.exists()
     assert not (tmp_path / "resume").exists() or not any((tmp_path / "resume").rglob("*.pt"))
+
+
+def _one_step_grad_norm(**diff) -> float:
+    """The gradients' total L2 norm after one optimiser step of a tiny model on random images."""
+    s = settings(**diff)
+    norm = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    learner = train.Learner.build(s, 10, 8, 4, norm, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 10, (16,), generator=gen)
+    learner.step(images, labels, gen)
+    grads = [p.grad for p in learner.model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
+
+
+def test_grad_clip_norm_bounds_the_gradients_of_each_step():
+    unclipped = _one_step_grad_norm()
+    assert unclipped > 0.05  # else the bound below tests nothing
+    assert _one_step_grad_norm(grad_clip_norm=0.05) <= 0.05 * (1 + 1e-5)
+    assert _one_step_grad_norm(grad_clip_norm=1e6) == pytest.approx(unclipped)
+
+
+def test_a_negative_grad_clip_norm_is_refused_with_its_key():
+    with pytest.raises(config.ConfigError, match=r"experiments\.x\.grad_clip_norm"):
+        settings(grad_clip_norm=-1.0)

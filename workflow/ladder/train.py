@@ -146,6 +146,7 @@ class Learner:
     norm: augment.Normalize
     criterion: nn.Module
     device: torch.device
+    clip_norm: float = 0.0  # the gradients' largest total L2 norm (0: not clipped)
 
     @classmethod
     def build(
@@ -182,6 +183,7 @@ class Learner:
             norm=augment.Normalize(**normalization).to(device),
             criterion=nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"]),
             device=device,
+            clip_norm=settings["grad_clip_norm"],
         )
 
     @property
@@ -197,6 +199,8 @@ class Learner:
         loss = self.criterion(logits.float(), labels)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.clip_norm > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
         self.opt.step()
         self.schedule.after_step()
         if self.ema is not None:
