@@ -148,3 +148,26 @@ def test_optimizer_settings_reach_torch():
     o = optim.optimizer([torch.nn.Parameter(torch.zeros(1))], a["optimizer"], torch.device("cpu"))
     assert isinstance(o, torch.optim.AdamW)
     assert o.param_groups[0]["betas"] == (0.8, 0.99)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+@pytest.mark.parametrize("decay_all", [True, False])
+def test_decay_norms_and_biases_decides_which_tensors_decay(name, decay_all):
+    # A step with zero gradients moves a parameter by its weight decay alone.
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    torch.nn.init.constant_(model[1].bias, 0.5)  # zero would not move under decay either
+    decay = {"weight_decay": 0.5, "decay_norms_and_biases": decay_all}
+    settings = resolved(optimizer={"name": name, "lr": 0.1, **decay})["optimizer"]
+    o = optim.optimizer(model.parameters(), settings, torch.device("cpu"))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    o.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    one_dim = {"0.bias", "1.weight", "1.bias"}
+    assert moved == ({"0.weight"} | one_dim if decay_all else {"0.weight"})
+
+
+def test_decay_norms_and_biases_applies_to_optimisers_that_decay():
+    assert "decay_norms_and_biases" in resolved(optimizer={"name": "adamw"})["optimizer"]
+    assert resolved()["optimizer"]["decay_norms_and_biases"] is True  # as the seed trained

@@ -45,8 +45,8 @@ _WARMUP = ("warmup_epochs", "warmup_start")
 RELEVANT: dict[str, dict[str, tuple[str, ...]]] = {
     "model": {name: model.settings for name, model in MODELS.items()},
     "optimizer": {
-        "sgd": ("lr", "momentum", "nesterov", "weight_decay"),
-        "adamw": ("lr", "weight_decay", "betas"),
+        "sgd": ("lr", "momentum", "nesterov", "weight_decay", "decay_norms_and_biases"),
+        "adamw": ("lr", "weight_decay", "betas", "decay_norms_and_biases"),
     },
     "schedule": {
         "constant": _WARMUP,

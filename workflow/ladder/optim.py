@@ -13,9 +13,23 @@ from torch.optim import lr_scheduler
 PER_STEP = {"linear", "onecycle"}
 
 
+def param_groups(parameters, settings: dict) -> list[dict]:
+    """One group, or, where `decay_norms_and_biases` is off, the tensors of one dimension
+    (normalisation weights, biases) in a group of their own without weight decay."""
+    params = list(parameters)
+    if settings["decay_norms_and_biases"]:
+        return [{"params": params}]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1]},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def optimizer(parameters, settings: dict, device: torch.device) -> torch.optim.Optimizer:
     # Fused kernels on CUDA: one launch per step instead of one per parameter tensor.
     fused = {"fused": True} if torch.device(device).type == "cuda" else {}
+    parameters = param_groups(parameters, settings)
     if settings["name"] == "sgd":
         return torch.optim.SGD(
             parameters,
