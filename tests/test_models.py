@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from ladder import models
-from ladder.config import Params
+from ladder.config import ConfigError, Params
 from ladder.models import small_image
 from ladder.models.shakedrop import ShakeDrop
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 
 def model_settings(**model) -> dict:
@@ -23,6 +24,7 @@ FAMILIES = {
     "resnet18": {"name": "resnet18"},
     "resnet18_small": {"name": "resnet18", "unstride": 3, "maxpool": False, "dropout": 0.2},
     "resnet18_shakedrop": {"name": "resnet18", "shakedrop": {"p_drop": 0.5, "stages": [3, 4]}},
+    "resnet18_stochastic_depth": {"name": "resnet18", "stochastic_depth": 0.2},
     "effnet": {"name": "efficientnet_v2_s", "unstride": 2, "dropout": 0.4},
     "effnet_shakedrop": {
         "name": "efficientnet_v2_s",
@@ -123,3 +125,37 @@ def test_shakedrop_training_is_per_image_and_unbiased():
     assert grad[~kept].min() >= 0  # beta ~ U[0, 1] in the backward pass
     assert grad[~kept].max() <= 1
     assert not torch.allclose(grad[~kept], dropped)  # backward draws differ from the forward's
+
+
+def test_stochastic_depth_rises_linearly_over_the_resnet_s_blocks():
+    model = models.build(model_settings(name="resnet18", stochastic_depth=0.4), 10, 32)
+    found = [(n, m.p) for n, m in model.named_modules() if isinstance(m, StochasticDepth)]
+    blocks = [f"layer{stage}.{i}.bn2.1" for stage in range(1, 5) for i in range(2)]
+    assert [n for n, _ in found] == blocks
+    assert [p for _, p in found] == pytest.approx([0.4 * i / 8 for i in range(8)])
+    assert all(m.mode == "row" for m in model.modules() if isinstance(m, StochasticDepth))
+
+
+def test_stochastic_depth_drops_whole_branches_per_image_in_training_only():
+    torch.manual_seed(0)
+    model = models.build(model_settings(name="resnet18", stochastic_depth=0.9), 10, 32)
+    block = model.layer4[1]  # the last block: dropped with probability 0.9 * 7/8
+    x = torch.randn(64, 512, 4, 4)
+    branch = nn.Sequential(block.conv1, block.bn1, block.relu, block.conv2, block.bn2)
+    block.train()
+    out = branch(x)
+    dropped = (out.flatten(1) == 0).all(1)
+    assert 0.6 < dropped.float().mean() < 0.95  # 0.79 expected, per image
+    kept = out[~dropped]
+    assert kept.abs().sum() > 0  # kept branches are scaled up by 1 / (1 - p), not zeroed
+    block.eval()
+    assert not (branch(x).flatten(1) == 0).all(1).any()  # evaluation keeps every branch
+
+
+def test_stochastic_depth_applies_to_resnets_only_and_not_with_shakedrop():
+    with pytest.raises(ConfigError, match=r"model\.stochastic_depth: does not apply"):
+        model_settings(name="mynet", stochastic_depth=0.1)
+    with pytest.raises(ConfigError, match=r"model\.stochastic_depth: not with model\.shakedrop"):
+        model_settings(
+            name="resnet18", stochastic_depth=0.1, shakedrop={"p_drop": 0.5, "stages": [4]}
+        )

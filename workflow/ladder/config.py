@@ -642,6 +642,11 @@ def _check_model(model: dict, where: str) -> None:
             f"{_values(entry.unstride)}"
         )
     shakedrop = model.get("shakedrop", {})
+    if shakedrop.get("p_drop", 0) > 0 and model.get("stochastic_depth", 0) > 0:
+        raise ConfigError(
+            f"{where}.model.stochastic_depth: not with model.shakedrop (both act on the residual "
+            "branches): set one of them to 0"
+        )
     if shakedrop.get("p_drop", 0) > 0:
         valid = entry.shakedrop_stages
         bad = [s for s in shakedrop["stages"] if s not in valid]

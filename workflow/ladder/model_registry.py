@@ -47,7 +47,7 @@ MODELS: dict[str, Model] = {
         ),
         Model(
             name="resnet18",
-            settings=("unstride", "maxpool", "dropout", "shakedrop"),
+            settings=("unstride", "maxpool", "dropout", "stochastic_depth", "shakedrop"),
             build="ladder.models.resnet:build",
             code=("models/resnet.py", "models/small_image.py", "models/shakedrop.py"),
             # Its stride-2 convs come in pairs (conv + its shortcut) after the stem: unstriding
