@@ -43,6 +43,20 @@ def load_benchmark(name: str):
 
 BIN = Path(sys.executable).parent
 
+# The longest files first (longest first, roughly, from CI's --durations): the workers take
+# whole files (--dist=loadfile) in collection order, so a long file collected last would run on
+# one worker after the other has run out of files. A stable sort keeps each file's own order
+# (tests/test_engines.py depends on it).
+SLOWEST_FIRST = (
+    "test_slurm.py", "test_engines.py", "test_faults.py", "test_benchmarks.py", "test_s3.py",
+    "test_train.py", "test_workspace.py", "test_fault_pass.py", "test_integrity.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 def require_browser():
     """docs/screenshot.py (the browser the README's picture uses), once a headless Chromium and
