@@ -43,13 +43,14 @@ def load_benchmark(name: str):
 
 BIN = Path(sys.executable).parent
 
-# The longest files first (longest first, roughly, from CI's --durations): the workers take
-# whole files (--dist=loadfile) in collection order, so a long file collected last would run on
-# one worker after the other has run out of files. A stable sort keeps each file's own order
-# (tests/test_engines.py depends on it).
+# The longest files first (roughly, from CI's --durations): the workers take whole files
+# (--dist=loadfile) in collection order (--no-loadscope-reorder: xdist would order them by their
+# number of tests), so a long file collected last would run on one worker after the other has
+# run out of files. A stable sort keeps each file's own order (tests/test_engines.py needs it).
 SLOWEST_FIRST = (
-    "test_slurm.py", "test_engines.py", "test_faults.py", "test_benchmarks.py", "test_s3.py",
-    "test_train.py", "test_workspace.py", "test_fault_pass.py", "test_integrity.py",
+    "test_slurm.py", "test_engines.py", "test_workspace.py", "test_faults.py",
+    "test_benchmarks.py", "test_s3.py", "test_workflow.py", "test_train.py", "test_data.py",
+    "test_fault_pass.py", "test_integrity.py",
 )  # fmt: skip
 
 
