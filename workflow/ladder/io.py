@@ -78,37 +78,34 @@ def _naming(path: Path) -> Iterator[None]:
         ) from None
 
 
-def _sync_file(path: Path) -> None:
+@contextlib.contextmanager
+def _descriptor(path: Path) -> Iterator[int]:
+    """A read-only descriptor of a file or a folder (what fsync and syncfs take)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        yield fd
     finally:
         os.close(fd)
+
+
+def _fsync(path: Path) -> None:
+    """A file's content, or a folder's entries (a rename into it), on disk."""
+    with _descriptor(path) as fd:
+        os.fsync(fd)
 
 
 def _sync_tree(path: Path) -> None:
     """Every file under `path` on disk: one syncfs(2) of its file system (a raw tree of 100,000
-    files would take 100,000 fsyncs), or, where that call is missing, one fsync per file."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if hasattr(libc, "syncfs"):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if libc.syncfs(fd) == 0:
+    files would take 100,000 fsyncs), or, where that call is missing or fails, one fsync per
+    file."""
+    syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    if syncfs is not None:
+        with _descriptor(path) as fd:
+            if syncfs(fd) == 0:
                 return
-        finally:
-            os.close(fd)
     for f in path.rglob("*"):
         if f.is_file() and not f.is_symlink():
-            _sync_file(f)
-
-
-def _sync_dir(path: Path) -> None:
-    """The folder's entries (a rename into it) on disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            _fsync(f)
 
 
 @contextlib.contextmanager
@@ -125,10 +122,10 @@ def atomic_path(path: str | Path, mode: int | None = 0o644) -> Iterator[Path]:
             yield tmp
         if mode is not None:  # mkstemp makes 0600 files
             tmp.chmod(mode)
-        _sync_file(tmp)  # on disk before its name says it is finished (a power cut, a crash)
+        _fsync(tmp)  # on disk before its name says it is finished (a power cut, a crash)
         _commit_checks()
         tmp.replace(path)
-        _sync_dir(path.parent)
+        _fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -149,7 +146,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         if path.exists():
             shutil.rmtree(path)
         tmp.replace(path)
-        _sync_dir(path.parent)
+        _fsync(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
