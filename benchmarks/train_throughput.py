@@ -11,7 +11,10 @@ batch 32 and 256:
   bf16 peak (FLOPs counted with torch's FlopCounterMode, corrected by ladder.flops: torch
   counts a grouped convolution's weight gradient as if it were dense);
 - the aggregate images/s of 1, 2 and 4 concurrent training processes of the seed's rung;
-- TTA: N augmented passes over the test images with EfficientNetV2-S.
+- TTA: N augmented passes over the test images with EfficientNetV2-S;
+- the training augmentations' cost per image on the device path (uint8 batch -> per-image ops ->
+  Normalize -> batch mixing, no model), each op of the registry alone, rung 11's pipeline, mixup
+  and CutMix, against the path with none, in microseconds per image.
 
 The CPU and the GPU run the same code with the same loop lengths; only the device calls differ
 (`sync`, `device_name`, channels_last, pinned memory, and the compile `Learner.build` does on
@@ -21,6 +24,7 @@ JSON is rewritten after each section, so a run cut short keeps what it measured.
 
     python benchmarks/train_throughput.py --json results.json  # the GPU run: BENCHMARKS.md
     python benchmarks/train_throughput.py --quick --device cpu  # tiny sizes (tests/ runs this)
+    python benchmarks/train_throughput.py --device cpu --sections augment --batches 256
 """
 
 from __future__ import annotations
@@ -41,10 +45,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ladder import config, evaluate, flops, io, models
+from ladder import augment, config, evaluate, flops, io, models
 from ladder.augment import Normalize
+from ladder.augment_registry import OPS
 from ladder.loader import DeviceSplit
-from ladder.train import Learner
+from ladder.train import Learner, _mixer
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -89,6 +94,19 @@ def settings(model: str, batch: int) -> dict:
         "schedule": {"name": "constant"},
     }
     return config.Params.from_dict({"experiments": {"x": exp}}).experiments["x"].train
+
+
+def augmentations() -> dict[str, tuple[dict, dict]]:
+    """The augmentation rows: name -> (`augment`, `mix` settings). Every op of the registry alone
+    (always applied, its other settings the defaults), rung 11's pipeline, mixup, CutMix."""
+    off = {"hflip": 0.0}
+    rows = {"none": (off, {})}
+    for op in OPS:
+        rows[op.name] = ({**off, op.name: 1.0 if op.bare else {"p": 1.0}}, {})
+    rows["rung 11 (flip, translate)"] = (AUGMENT, {})
+    rows["mixup (alpha 0.2)"] = (off, {"mixup_alpha": 0.2})
+    rows["cutmix (alpha 1)"] = (off, {"cutmix_alpha": 1.0})
+    return rows
 
 
 def synthetic(n: int, size: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -256,6 +274,33 @@ def ours(model_name, batch, args, device, compile_mode: str) -> dict:
     return {"images_per_second": batch * args.steps / seconds, "first_step_seconds": first}
 
 
+def augment_seconds(name: str, batch: int, args, device) -> float:
+    """Seconds per image of an augmentation row's device path: the ops `ladder train` runs on
+    a uint8 batch, Normalize and batch mixing, as Learner.step does before the model."""
+    aug, mix = augmentations()[name]
+    exp = {"augment": aug, "mix": mix}
+    s = config.Params.from_dict({"experiments": {"x": exp}}).experiments["x"].train
+    augmenter, mixer = augment.Augment(s["augment"]), _mixer(s["mix"], args.classes)
+    norm = Normalize([0.5] * 3, [0.5] * 3).to(device)
+    x, y = synthetic(batch * SPLIT_BATCHES, args.image_size, args.classes)
+    batches = endless_batches(DeviceSplit(x, y, device), batch)
+    gen = torch.Generator(device).manual_seed(0)
+
+    def step(i: int) -> None:
+        images, labels = next(batches)
+        out = norm(augmenter(images, gen))
+        if mixer is not None:
+            mixer(out, labels, mixer.draw(0, i, *images.shape[-2:]))
+
+    for i in range(args.warmup):
+        step(i)
+    timer = Timer(device)
+    timer.start()
+    for i in range(args.steps):
+        step(i)
+    return timer.stop() / (args.steps * batch)
+
+
 def flops_per_image(model_name, args, device) -> float:
     """Forward + backward FLOPs of one image (matmul/conv FLOPs, as ladder.flops counts them)."""
     model = build_model(model_name, args, device)
@@ -373,6 +418,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tta-images", type=int, default=10_000)
     p.add_argument("--tta-passes", type=int, default=10)
     p.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, if not known")
+    p.add_argument("--sections", default=",".join(SECTIONS), help="what to measure, in this order")
     p.add_argument("--work", default="/tmp/ladder-throughput")
     p.add_argument("--json", type=Path, help="also write the results here (after each section)")
     p.add_argument(
@@ -391,6 +437,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = set(args.models.split(",")) - set(MODELS)
     if unknown:
         p.error(f"--models: unknown {', '.join(sorted(unknown))}; known: {', '.join(MODELS)}")
+    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown:
+        p.error(f"--sections: unknown {', '.join(sorted(unknown))}; known: {', '.join(SECTIONS)}")
     if args.steps < 1 or args.warmup < 0 or args.duration <= 0:
         p.error("--steps must be >= 1, --warmup >= 0 and --duration > 0")
     return args
@@ -406,6 +455,7 @@ class Run:
         self.failures: list[str] = []
         keep = ("models", "batches", "compile", "jobs", "image_size", "classes", "steps")
         keep += ("warmup", "duration", "loader_workers", "tta_images", "tta_passes", "quick")
+        keep += ("sections",)
         self.results = {
             "complete": False,
             "date": dt.datetime.now().isoformat(timespec="minutes"),
@@ -416,6 +466,7 @@ class Run:
             "rows": [],
             "concurrent": [],
             "tta_seconds": None,
+            "augment": [],
             "failures": self.failures,
         }
         self.peak = peak_flops(self.results["device"], args.peak_tflops)
@@ -512,6 +563,26 @@ def measure_tta(run: Run) -> None:
     run.save()
 
 
+def measure_augment(run: Run) -> None:
+    """Each augmentation's cost per image on the device path, at the largest batch."""
+    batch = max(run.batches)
+    say(f"\naugmentations on the device path, batch {batch} (microseconds per image):")
+    none = None
+    for name in augmentations():
+        seconds = run.attempt(f"augmentation {name}", augment_seconds, name, batch, run.args,
+                              run.device)  # fmt: skip
+        none = seconds if name == "none" else none
+        extra = seconds - none if seconds is not None and none is not None else None
+        run.results["augment"].append(
+            {"augmentation": name, "batch": batch, "us_per_image": seconds and 1e6 * seconds}
+            | {"extra_us_per_image": extra if extra is None else 1e6 * extra}
+        )
+        if seconds is not None:
+            versus = "" if extra is None or name == "none" else f"  ({1e6 * extra:+.2f} over none)"
+            say(f"  {name:<28}{1e6 * seconds:9.2f} us/image{versus}")
+        run.save()
+
+
 def measure_compiled(run: Run) -> None:
     """Our step compiled, last: compiling takes most of the run's time, and a run cut short
     should lose only these rows (the largest batch first: the targets are set there).
@@ -540,10 +611,8 @@ def main(argv=None) -> dict:
     r = run.results
     say(f"{r['date']}  {r['device']}  torch {r['torch']}  {r['cpu_cores']} CPU cores")
     say(f"images {args.image_size}px, {args.classes} classes\n")
-    measure_eager(run)
-    measure_concurrent(run)
-    measure_tta(run)
-    measure_compiled(run)
+    for section in args.sections.split(","):
+        SECTIONS[section](run)
     say("\nall rows:")
     for row in sorted(r["rows"], key=lambda row: (row["model"], row["batch"])):
         say(format_row(row))
@@ -567,6 +636,14 @@ def format_row(r: dict) -> str:
         f"  first step {num(r['first_step_seconds'], '6.1f', 6)} s"
     )
 
+
+SECTIONS = {  # in order of cost: compiling last
+    "eager": measure_eager,
+    "concurrent": measure_concurrent,
+    "tta": measure_tta,
+    "augment": measure_augment,
+    "compiled": measure_compiled,
+}
 
 if __name__ == "__main__":
     sys.exit(1 if main().get("failures") else 0)

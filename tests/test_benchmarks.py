@@ -72,7 +72,7 @@ def test_train_throughput_runs_every_path_with_the_real_loop_lengths(bench, tmp_
 
     # The GPU run's loop lengths, not shortened.
     gpu = vars(bench.parse_args([]))
-    for key in ("steps", "warmup", "jobs", "loader_workers", "tta_passes", "compile"):
+    for key in ("steps", "warmup", "jobs", "loader_workers", "tta_passes", "compile", "sections"):
         assert results["settings"][key] == gpu[key], key
     # Many times the split: the measured loop crosses epochs.
     assert gpu["warmup"] + gpu["steps"] >= 2 * bench.SPLIT_BATCHES
@@ -94,11 +94,18 @@ def test_train_throughput_runs_every_path_with_the_real_loop_lengths(bench, tmp_
         assert c["images_per_second"] > 0
         assert c["speedup"] > 0
     assert results["tta_seconds"] > 0
+    # Each augmentation's cost per image: every op of the registry, mixup and CutMix.
+    costs = {a["augmentation"]: a for a in results["augment"]}
+    assert list(costs) == list(bench.augmentations())
+    assert {op.name for op in bench.OPS} | {"mixup (alpha 0.2)", "cutmix (alpha 1)"} <= set(costs)
+    assert all(a["us_per_image"] > 0 for a in costs.values())
+    assert costs["none"]["extra_us_per_image"] == 0
 
     # The printed table: a line per row, the concurrent jobs, TTA.
     assert proc.stdout.count("resnet18_small        2  ") >= 2 * len(rows)
     assert all(f"  {j} job(s): " in proc.stdout for j in jobs)
     assert f"TTA, efficientnet_v2_s, {gpu['tta_passes']} passes" in proc.stdout
+    assert all(f"  {name:<28}" in proc.stdout for name in costs)
 
 
 @pytest.fixture

@@ -246,6 +246,7 @@ def test_editing_one_op_changes_only_the_code_records_of_experiments_that_use_it
                 "plain": {"augment": {"hflip": 0.0}},
                 "shifted": {"augment": {"hflip": 0.0, "translate": {"p": 0.5}}},
                 "turned": {"augment": {"hflip": 0.0, "rotate": {"p": 0.5}}},
+                "mixed": {"augment": {"hflip": 0.0}, "mix": {"cutmix_alpha": 1.0}},
             }
         }
     )
@@ -258,6 +259,7 @@ def test_editing_one_op_changes_only_the_code_records_of_experiments_that_use_it
         ("augments/translate.py", ["code/shifted.json"]),
         ("augments/affine.py", ["code/shifted.json", "code/turned.json"]),  # both use it
         ("augments/blur.py", []),  # nobody's
+        ("mixing.py", ["code/mixed.json"]),  # batch mixing: only the experiment that mixes
     ]:
         path = tmp_path / "ladder" / edited
         path.write_text(path.read_text() + "\n# an edit\n")
@@ -315,11 +317,13 @@ def test_torchvision_is_imported_only_for_a_torchvision_model():
     assert "torchvision" not in imported
 
 
-@pytest.mark.parametrize("edited", ["models/mynet.py", "augments/translate.py"])
+@pytest.mark.parametrize("edited", ["models/mynet.py", "augments/translate.py", "mixing.py"])
 def test_a_model_or_op_edited_after_its_code_record_was_written_is_refused(
     tmp_path, monkeypatch, edited
 ):
-    train = resolve(model={"name": "mynet"}, augment={"translate": {"p": 0.5}})
+    train = resolve(
+        model={"name": "mynet"}, augment={"translate": {"p": 0.5}}, mix={"mixup_alpha": 0.2}
+    )
     recorded = config.code_record(train)
     config.check_code(recorded, "code/x.json")  # the code it records: runs
     shutil.copytree(REPO / "workflow" / "ladder", tmp_path / "ladder")

@@ -253,12 +253,13 @@ def _train_cmd(digits: Path, tmp: Path, settings_file: Path) -> list[str]:
     ]  # fmt: skip
 
 
-# Augmentation, shuffling, dropout, momentum, EMA and a per-step schedule all in play; small
-# batches make epochs long enough to stop one half way.
+# Augmentation, batch mixing, shuffling, dropout, momentum, EMA and a per-step schedule all in
+# play; small batches make epochs long enough to stop one half way.
 RESUMABLE = {
     "epochs": 3, "batch_size": 4, "log_every": 10,
     "model": {"name": "mynet", "blocks": 1, "width": 8, "dropout": 0.3},
     "augment": {"hflip": 0.5, "translate": {"p": 0.5}},
+    "mix": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "p": 0.8},
     "schedule": {"name": "onecycle"}, "ema": {"decay": 0.9},
 }  # fmt: skip
 STEPS_PER_EPOCH = 1149 // 4  # the digits' train split in batches of 4

@@ -67,3 +67,15 @@ OPS: tuple[Op, ...] = (
         settings=("threshold",),
     ),
 )
+
+
+# Batch mixing (mixup, CutMix: an experiment's `mix` settings) is not a per-image op: it acts on
+# the batch and its labels after the ops. Like an op's, its code is in the code record of the
+# experiments that use it only, so adding or editing it reruns no other experiment.
+MIXER = "ladder.mixing:Mixer"  # (settings, num_classes) -> the batch transform
+MIXER_CODE = ("mixing.py",)
+
+
+def mixes(mix: Mapping) -> bool:
+    """Whether an experiment's `mix` settings mix any batch."""
+    return mix.get("p", 0) > 0 and (mix["mixup_alpha"] > 0 or mix["cutmix_alpha"] > 0)

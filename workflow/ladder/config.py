@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from ladder import digest, io, manifest
-from ladder.augment_registry import OPS
+from ladder.augment_registry import MIXER, MIXER_CODE, OPS, mixes
 from ladder.data.registry import SOURCES
 from ladder.model_registry import MODELS
 
@@ -376,17 +376,21 @@ def model_code(name: str, digests: dict[str, str] | None = None) -> dict:
 
 
 def code_record(train: Mapping, digests: dict[str, str] | None = None) -> dict:
-    """An experiment's code record (results/configs/code/<exp>.json): the code of its model and of
-    the augmentation ops it turns on, each file by digest. Training and evaluation read it and
-    check it against the code they run (`check_code`): editing one model's or one op's files
-    reruns only the experiments that use it. Evaluation's TTA runs the same ops, or none."""
+    """An experiment's code record (results/configs/code/<exp>.json): the code of its model, of
+    the augmentation ops it turns on and of batch mixing if it mixes, each file by digest.
+    Training and evaluation read it and check it against the code they run (`check_code`):
+    editing one model's or one op's files reruns only the experiments that use it. Evaluation's
+    TTA runs the same ops, or none."""
     digests = {} if digests is None else digests
     ops = {
         op.name: {"apply": op.apply, "files": _files(op.code, digests)}
         for op in OPS
         if op.probability(train["augment"]) > 0
     }
-    return {"model": model_code(train["model"]["name"], digests), "augment": ops}
+    record = {"model": model_code(train["model"]["name"], digests), "augment": ops}
+    if mixes(train["mix"]):
+        record["mix"] = {"mixer": MIXER, "files": _files(MIXER_CODE, digests)}
+    return record
 
 
 def source_code(name: str, role: str) -> dict:
@@ -412,7 +416,12 @@ def code_now(recorded: Mapping) -> dict[str, str]:
 def recorded_files(recorded: Mapping) -> dict[str, str]:
     """file -> digest of every file a code record lists (an experiment's: its model's and its
     ops'; a source's: its own)."""
-    parts = [recorded, recorded.get("model", {}), *recorded.get("augment", {}).values()]
+    parts = [
+        recorded,
+        recorded.get("model", {}),
+        *recorded.get("augment", {}).values(),
+        recorded.get("mix", {}),
+    ]
     return {file: d for part in parts for file, d in part.get("files", {}).items()}
 
 
@@ -596,6 +605,11 @@ def _prune(train: dict, own: Mapping, where: str) -> dict:
     for op in OPS:
         if not op.bare and op.probability(train["augment"]) == 0:
             train["augment"][op.name] = {"p": 0.0}
+    mix = train["mix"]
+    if not mixes(mix):  # off, however it is written: its other settings change nothing
+        train["mix"] = {"mixup_alpha": 0.0, "cutmix_alpha": 0.0}
+    elif mix["mixup_alpha"] == 0 or mix["cutmix_alpha"] == 0:
+        del mix["switch_p"]  # one kind: nothing to switch between
     shakedrop = train["model"].get("shakedrop")
     if shakedrop is not None and shakedrop["p_drop"] == 0:
         train["model"]["shakedrop"] = {"p_drop": 0.0}

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from ladder.augment_registry import OPS
+from ladder.augment_registry import MIXER_CODE, OPS
 from ladder.data.registry import SOURCES
 from ladder.model_registry import MODELS
 
@@ -74,13 +74,14 @@ def _code(*modules: str) -> tuple[str, ...]:
 # config reads, and the builders use).
 _REGISTRIES = _code("model_registry.py", "data/registry.py", "augment_registry.py")
 _AUGMENT = _code("augment.py", "augment_registry.py")  # the pipeline, not the ops
-# A model's own files and the ops' are not here: each experiment's training and evaluation
-# depend on those of its model and of the ops it turns on only, through its code record
-# (CODE_RECORD, ladder.config.code_record), which `configure` writes.
+# A model's own files, the ops' and batch mixing's are not here: each experiment's training and
+# evaluation depend on those of its model, of the ops it turns on and of mixing if it mixes only,
+# through its code record (CODE_RECORD, ladder.config.code_record), which `configure` writes.
 # stopping.py: where a stopped run saves its place decides the state it resumes from.
 _RUN = (*_AUGMENT, *_code("loader.py", "inference.py", "models/__init__.py", "stopping.py"))
 _MODEL_FILES = tuple(dict.fromkeys(f for m in MODELS.values() for f in _code(*m.code)))
 _OP_FILES = tuple(dict.fromkeys(f for op in OPS for f in _code(*op.code)))
+_MIXER_FILES = _code(*MIXER_CODE)
 _SOURCE_FILES = tuple(
     dict.fromkeys(f for s in SOURCES.values() for f in _code(*s.download_code, *s.layout_code))
 )
@@ -174,6 +175,7 @@ STAGES: dict[str, Stage] = {
                 # ... whose digests it writes into each experiment's code record
                 *_MODEL_FILES,
                 *_OP_FILES,
+                *_MIXER_FILES,
                 *_SOURCE_FILES,  # ... and into download.json and prepare.json
             ),
             params=True,

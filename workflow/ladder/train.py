@@ -24,6 +24,7 @@ import contextlib
 import csv
 import io as stdio
 import logging
+import pkgutil
 import random
 import shutil
 import time
@@ -39,6 +40,7 @@ from tqdm import tqdm
 
 from ladder import (
     augment,
+    augment_registry,
     config,
     devices,
     io,
@@ -143,6 +145,7 @@ class Learner:
     opt: torch.optim.Optimizer
     schedule: optim.Schedule
     augmenter: augment.Augment
+    mixer: object | None  # ladder.mixing.Mixer when the experiment mixes batches
     norm: augment.Normalize
     criterion: nn.Module
     device: torch.device
@@ -180,6 +183,7 @@ class Learner:
             opt=opt,
             schedule=optim.Schedule(opt, settings["schedule"], settings["epochs"], steps_per_epoch),
             augmenter=augment.Augment(settings["augment"]),
+            mixer=_mixer(settings["mix"], num_classes),
             norm=augment.Normalize(**normalization).to(device),
             criterion=nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"]),
             device=device,
@@ -191,12 +195,16 @@ class Learner:
         """What is validated and saved: the weight average when EMA is on."""
         return self.ema.module if self.ema is not None else self.model
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator):
-        """One optimiser step on a uint8 batch; (loss, correct count) stay on the device."""
+    def step(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, mix=None):
+        """One optimiser step on a uint8 batch; (loss, correct count) stay on the device. `mix`:
+        the batch's mixing (a ladder.mixing.Draw, from `self.mixer.draw`) when it mixes."""
         x = self.norm(self.augmenter(images, gen))
+        targets = labels
+        if self.mixer is not None:
+            x, targets = self.mixer(x, labels, mix)
         with autocast(self.device):
             logits = self.forward(x)
-        loss = self.criterion(logits.float(), labels)
+        loss = self.criterion(logits.float(), targets)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.clip_norm > 0:
@@ -205,7 +213,9 @@ class Learner:
         self.schedule.after_step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        return loss.detach(), (logits.detach().argmax(1) == labels).sum()
+        # Under mixing: the class with the largest weight in the target (ladder.mixing).
+        wanted = targets.argmax(1) if targets.ndim == 2 else labels
+        return loss.detach(), (logits.detach().argmax(1) == wanted).sum()
 
     def validate(self, split: DeviceSplit) -> tuple[float, float]:
         logits = predict(self.eval_model, split, lambda im: self.norm(im.float().div_(255)))
@@ -233,6 +243,14 @@ class Learner:
             self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
+
+
+def _mixer(mix: dict, num_classes: int):
+    """Batch mixing, or None; imported only when used: its code is in the code record of the
+    experiments that mix only (ladder.augment_registry)."""
+    if not augment_registry.mixes(mix):
+        return None
+    return pkgutil.resolve_name(augment_registry.MIXER)(mix, num_classes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -500,7 +518,10 @@ def _train_epoch(
                 f"resumes there ({state_dir})",
                 stopping.requested(),
             )
-        loss, correct = learner.step(images, labels, gen)
+        mix = None
+        if learner.mixer is not None:  # drawn from (seed, step): a resumed run draws the same
+            mix = learner.mixer.draw(seed, i, *images.shape[-2:])
+        loss, correct = learner.step(images, labels, gen, mix)
         sums.add_step(loss, correct, len(labels))
         prog.step += 1
         meter.step(i)
