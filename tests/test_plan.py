@@ -286,3 +286,26 @@ def test_model_costs_are_counted_once_and_a_counted_plan_imports_no_torch(tmp_pa
     again = json.loads(done.stdout)
     assert again["torch"] is False
     assert again["plan"] == json.loads(json.dumps(first))
+
+
+def test_early_stopping_rows_are_at_most_and_say_where_a_finished_run_stopped(tmp_path):
+    stop = {"patience": 2}
+    exps = {"a": {"epochs": 6, "early_stopping": stop}, "b": {"epochs": 6, "early_stopping": stop}}
+    exps["plain"] = {"epochs": 6}
+    params = {"dataset": {"source": "digits", "image_size": 8}, "experiments": exps}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    resolved = config.load(tmp_path / "params.yaml").experiments
+    for name, settings in [("a", resolved["a"].train), ("b", {**resolved["b"].train, "seed": 1})]:
+        # a: a finished run of these settings that stopped; b: of other settings (not shown)
+        record = {"settings": settings, "checkpoint_epochs": [1, 2, 3]}
+        record["stopped_early"] = {"epoch": 3, "best_epoch": 1, "best_val_acc": 50.0}
+        io.write_record(tmp_path / stages.RUNS / name / "config.json", record)
+    proc = subprocess.run(
+        [str(BIN / "ladder"), "plan", "--throughput", str(tmp_path / "none.json")],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    epochs = {line.split()[0]: line.split()[2] for line in proc.stdout.splitlines()[5:8]}
+    assert epochs == {"a": "3/6", "b": "<=6", "plain": "6"}
+    assert "  a: stopped after epoch 3 of 6; checkpoints of epochs 1, 2, 3" in proc.stdout
+    assert "b: stopped" not in proc.stdout
+    assert [e["stopped_at"] for e in run_plan(tmp_path)["experiments"]] == [3, None, None]

@@ -128,6 +128,18 @@ def test_a_finished_run_is_done_then_outdated_when_its_settings_or_data_change(d
     assert "epoch_001.pt: changed since" in row.detail
 
 
+def test_an_early_stopped_run_is_done_at_the_epoch_it_stopped_and_evaluates(digits, tmp_path):
+    # Any gain under 90 points is no improvement: it stops after epoch 2 of 5.
+    stop = {"patience": 1, "min_delta": 90.0}
+    ws = Workspace(tmp_path, digits, epochs=5, checkpoint_every=2, early_stopping=stop)
+    assert ws.train().returncode == 0
+    ws.evaluate()  # the checkpoints it saved: epoch 2 only
+    row = ws.status()
+    assert (row.state, row.epoch, row.epochs, row.evaluation) == ("done", 2, 5, "evaluated")
+    assert row.detail.startswith("stopped early after epoch 2 (best val ")
+    assert row.detail.endswith("at epoch 1); checkpoints of epochs 2")
+
+
 def test_a_failed_run_names_its_log_and_error(digits, tmp_path):
     ws = Workspace(tmp_path, digits, optimizer={"lr": 1.0e12})
     proc = ws.train()

@@ -424,3 +424,80 @@ def test_grad_clip_norm_bounds_the_gradients_of_each_step():
 def test_a_negative_grad_clip_norm_is_refused_with_its_key():
     with pytest.raises(config.ConfigError, match=r"experiments\.x\.grad_clip_norm"):
         settings(grad_clip_norm=-1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Early stopping
+
+
+def _history(*val_acc: float) -> list[dict]:
+    return [{"epoch": e, "val_acc": a / 100} for e, a in enumerate(val_acc, 1)]
+
+
+@pytest.mark.parametrize(
+    ("val_acc", "patience", "min_delta", "stops"),
+    [
+        ((50, 60, 59, 58), 2, 0.0, {"epoch": 4, "best_epoch": 2, "best_val_acc": 60.0}),
+        ((50, 60, 59), 2, 0.0, None),  # one epoch without a gain: patience 2 waits
+        ((50, 60, 61, 62), 2, 0.0, None),  # gains, however small, with min_delta 0
+        # A gain of 1 point is no improvement with min_delta 1.5, nor does it move the best:
+        # 52.2 then beats 50 by more than 1.5 (it would not beat 51)
+        ((50, 51, 51.4), 2, 1.5, {"epoch": 3, "best_epoch": 1, "best_val_acc": 50.0}),
+        ((50, 51, 52.2), 2, 1.5, None),
+        ((50, 40, 30, 20), 0, 0.0, None),  # patience 0: off
+    ],
+)
+def test_early_stop_is_kerass_rule_on_the_history(val_acc, patience, min_delta, stops):
+    setting = {"patience": patience, "min_delta": min_delta}
+    assert train.early_stop(_history(*val_acc), setting) == stops
+
+
+def test_an_early_stopped_run_is_finished_with_the_epoch_it_stopped_at(digits, tmp_path, caplog):
+    # Any gain under 90 points is no improvement: it stops after epoch 2, with epoch 2 saved
+    # although the schedule saves every third epoch.
+    stop = {"patience": 1, "min_delta": 90.0}
+    s = settings(epochs=6, batch_size=128, checkpoint_every=3, early_stopping=stop)
+    with caplog.at_level("INFO", logger="ladder"):
+        out = run(digits, tmp_path, s)
+    assert [int(r["epoch"]) for r in read_csv(out / "history.csv")] == [1, 2]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["checkpoint_epochs"] == [2]
+    assert cfg["stopped_early"]["epoch"] == 2
+    assert cfg["stopped_early"]["best_epoch"] == 1
+    assert sorted(manifest.read(out / "checkpoints")["files"]) == ["epoch_002.pt"]
+    assert "x: stopped early after epoch 2 of 6" in caplog.text
+    # Off, the same settings train every epoch.
+    full = run(digits, tmp_path / "full", {**s, "early_stopping": {"patience": 0}})
+    assert len(read_csv(full / "history.csv")) == 6
+    assert "stopped_early" not in json.loads((full / "config.json").read_text())
+
+
+def test_a_run_that_dies_after_deciding_to_stop_resumes_as_stopped(digits, tmp_path, monkeypatch):
+    stop = {"patience": 1, "min_delta": 90.0}
+    s = settings(epochs=6, batch_size=128, early_stopping=stop)
+    finish = train._finish
+
+    def dies(*args, **kwargs):  # the state after epoch 2 is saved; the outputs never written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_finish", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run(digits, tmp_path, s)
+    monkeypatch.setattr(train, "_finish", finish)
+    out = run(digits, tmp_path, s)
+    assert [int(r["epoch"]) for r in read_csv(out / "history.csv")] == [1, 2]
+    assert json.loads((out / "config.json").read_text())["stopped_early"]["epoch"] == 2
+
+
+def test_early_stopping_settings_prune_and_refuse_bad_values():
+    assert settings()["early_stopping"] == {"patience": 0}
+    assert settings(early_stopping={"min_delta": 3})["early_stopping"] == {"patience": 0}
+    on = settings(early_stopping={"patience": 3})["early_stopping"]
+    assert on == {"patience": 3, "min_delta": 0.0}
+    bad_values = [
+        ({"patience": -1}, "patience"), ({"patience": 2, "min_delta": -1}, "min_delta"),
+        ({"patience": 1.5}, "patience"), ({"patiense": 2}, ""),
+    ]  # fmt: skip
+    for bad, key in bad_values:
+        with pytest.raises(config.ConfigError, match=rf"experiments\.x\.early_stopping\.?{key}"):
+            settings(early_stopping=bad)

@@ -605,6 +605,8 @@ def _prune(train: dict, own: Mapping, where: str) -> dict:
     for op in OPS:
         if not op.bare and op.probability(train["augment"]) == 0:
             train["augment"][op.name] = {"p": 0.0}
+    if train["early_stopping"]["patience"] == 0:  # off: min_delta changes nothing
+        train["early_stopping"] = {"patience": 0}
     mix = train["mix"]
     if not mixes(mix):  # off, however it is written: its other settings change nothing
         train["mix"] = {"mixup_alpha": 0.0, "cutmix_alpha": 0.0}

@@ -293,6 +293,11 @@ class ExperimentPlan:
     rate_flops_per_second: float | None
     rate_source: str
     gpu_seconds: float | None
+    # Early stopping: the costs are at most these; a finished run of these settings says where
+    # it stopped (the epoch), and which checkpoints it saved.
+    early_stopping: bool = False
+    stopped_at: int | None = None
+    saved: list[int] | None = None
 
 
 @dataclass
@@ -380,6 +385,18 @@ def experiment_plan(
     return row
 
 
+def stopped_early(root: Path, exp: config.Experiment) -> tuple[int | None, list[int] | None]:
+    """(the epoch it stopped at, the epochs it saved) of a finished run of exactly these
+    settings that stopped early; (None, None) when there is none."""
+    try:
+        cfg = io.read_record(root / stages.RUNS / exp.name / "config.json")
+    except (OSError, ValueError):  # none, or damaged (ladder status says why)
+        return None, None
+    if cfg.get("settings") != exp.train or "stopped_early" not in cfg:
+        return None, None
+    return cfg["stopped_early"]["epoch"], cfg["checkpoint_epochs"]
+
+
 def plan(
     params_file: str | Path,
     root: str | Path = ".",
@@ -399,7 +416,11 @@ def plan(
     costs = Costs(root / COSTS)
     for name in names:
         exp = params.experiments[name]
-        result.experiments.append(experiment_plan(exp, splits_, runs, bench, assumed_tflops, costs))
+        row = experiment_plan(exp, splits_, runs, bench, assumed_tflops, costs)
+        if exp.train["early_stopping"]["patience"] > 0:
+            row.early_stopping = True
+            row.stopped_at, row.saved = stopped_early(root, exp)
+        result.experiments.append(row)
     costs.save()
     return result
 
@@ -430,6 +451,13 @@ HEADERS = [
 ]  # fmt: skip
 
 
+def _epochs(e: ExperimentPlan) -> str:
+    """`40`; `<=40` with early stopping; `12/40` where a finished run stopped at 12."""
+    if e.stopped_at is not None:
+        return f"{e.stopped_at}/{e.epochs}"
+    return f"<={e.epochs}" if e.early_stopping else str(e.epochs)
+
+
 def format_plan(p: Plan) -> str:
     s = p.splits
     lines = [
@@ -445,7 +473,7 @@ def format_plan(p: Plan) -> str:
         rate_text = f"{_num(rate, 1e12)} {e.rate_source}" if rate else e.rate_source
         rows.append(
             [
-                e.experiment, e.model, str(e.epochs), str(e.batch), _int(e.train_images),
+                e.experiment, e.model, _epochs(e), str(e.batch), _int(e.train_images),
                 _int(e.steps_per_epoch), _num(e.train_flops, 1e15), _num(e.val_flops, 1e15),
                 _num(e.eval_flops, 1e15), str(e.tta_passes), str(e.checkpoints),
                 _num(e.checkpoint_bytes, 1e9), _num(e.gpu_seconds, 3600), rate_text,
@@ -467,6 +495,17 @@ def format_plan(p: Plan) -> str:
         f"total: {_num(gpu_h, 3600)} GPU-hours, {_num(tb, 1e12)} TB of checkpoints "
         f"({_int(t['checkpoints'])} checkpoints)"
     )
+    stopped = [e for e in p.experiments if e.stopped_at is not None]
+    if any(e.early_stopping for e in p.experiments):
+        lines.append(
+            "early stopping: '<=' epochs, and the costs of those rows, are at most; 'n/N': a "
+            "finished run of these settings stopped after epoch n (costs still for N)"
+        )
+    for e in stopped:
+        lines.append(
+            f"  {e.experiment}: stopped after epoch {e.stopped_at} of {e.epochs}; checkpoints "
+            f"of epochs {', '.join(map(str, e.saved))}"
+        )
     if any(e.rate_source == "assumed" for e in p.experiments):
         why = (
             "the rate the seed's reported epoch time implies; --tflops to change it"

@@ -321,12 +321,24 @@ def _trained(paths: _Paths, exp, run_config: dict, session: Session | None):
     found += data_changes(paths.root, run_config)
     found += code_changes(run_config, exp)
     trained = int(run_config["settings"]["epochs"])
+    stopped = run_config.get("stopped_early")
+    if stopped:  # early stopping: the epochs it ran
+        trained = stopped["epoch"]
     state = "outdated" if found else "done"
     status = ExperimentStatus(exp.name, state, trained, exp.train["epochs"], changes=found)
     status.evaluation = evaluation(paths.root, exp, run_config)
+    if stopped:
+        status.detail = (
+            f"stopped early after epoch {stopped['epoch']} (best val {stopped['best_val_acc']:.2f}%"
+            f" at epoch {stopped['best_epoch']}); checkpoints of epochs "
+            + ", ".join(map(str, run_config["checkpoint_epochs"]))
+        )
     if found:
         more = " ..." if len(found) > 3 else ""
-        status.detail = f"{len(found)} change(s) since trained: " + "; ".join(found[:3]) + more
+        status.detail = _join(
+            status.detail,
+            f"{len(found)} change(s) since trained: " + "; ".join(found[:3]) + more,
+        )
     if run_config.get("code_version") != stages.version("train"):
         status.detail = _join(status.detail, "trained with other train code")
     if session and session.ended == "error":

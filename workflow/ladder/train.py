@@ -24,6 +24,7 @@ import contextlib
 import csv
 import io as stdio
 import logging
+import math
 import pkgutil
 import random
 import shutil
@@ -327,10 +328,7 @@ def _train_locked(
     done = _finished_run(name, state_dir)
     if done is not None:  # trained before with the same identity: the same result, again
         prog, run_info = done
-        checkpoint_epochs = config.checkpoint_epochs(
-            settings["epochs"], settings["checkpoint_every"]
-        )
-        _finish(out, state_dir, identity, prog, checkpoint_epochs, run_info)
+        _finish(out, state_dir, identity, prog, saved_epochs(settings, prog.epoch), run_info)
         return out
 
     dev = torch.device(devices.resolve(runtime.device))
@@ -351,6 +349,7 @@ def _train_locked(
     )
     checkpoint_epochs = config.checkpoint_epochs(settings["epochs"], settings["checkpoint_every"])
     prog, partial = _resume(name, learner, state_dir)
+    stopped = early_stop(prog.history, settings["early_stopping"])  # a state saved as it stopped
     meter = Meter(name, settings["epochs"], runtime.progress_seconds, prog.history)
 
     # Live curves, kept with the resume state (tensorboard --logdir results/ shows them while
@@ -361,6 +360,8 @@ def _train_locked(
         SummaryWriter(state_dir / "tensorboard", purge_step=prog.step + 1) as events,
     ):
         for epoch in range(prog.epoch + 1, settings["epochs"] + 1):
+            if stopped:
+                break
             epoch_start = time.perf_counter()
             try:
                 row = _train_epoch(name, learner, train_split, settings, epoch, prog, runtime,
@@ -375,7 +376,8 @@ def _train_locked(
             meter.end_epoch(row["seconds"])
             prog.history.append({c: row[c] for c in HISTORY_COLUMNS})
             prog.epoch = epoch
-            if epoch in checkpoint_epochs:
+            stopped = early_stop(prog.history, settings["early_stopping"])
+            if epoch in checkpoint_epochs or stopped:  # the last epoch run is always saved
                 file = checkpoint_name(epoch)
                 digest = save_checkpoint(learner.eval_model, state_dir / "checkpoints" / file)
                 prog.checkpoints[file] = digest
@@ -402,9 +404,47 @@ def _train_locked(
         "compile": runtime.compile_mode if dev.type == "cuda" else "none",
         "torch": torch.__version__,
     }
+    if stopped and prog.epoch < settings["epochs"]:
+        run_info["stopped_early"] = stopped
+        log.info(
+            "%s: stopped early after epoch %d of %d: val accuracy has not beaten its best "
+            "(%.2f%%, epoch %d) by more than %g points for %d epochs", name, stopped["epoch"],
+            settings["epochs"], stopped["best_val_acc"], stopped["best_epoch"],
+            settings["early_stopping"]["min_delta"], settings["early_stopping"]["patience"],
+        )  # fmt: skip
     log.info("%s: trained in %.1f s this session", name, time.perf_counter() - started)
-    _finish(out, state_dir, identity, prog, checkpoint_epochs, run_info)
+    _finish(out, state_dir, identity, prog, saved_epochs(settings, prog.epoch), run_info)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Early stopping
+
+
+def early_stop(history: list[dict], setting: dict) -> dict | None:
+    """Whether training stops after the epochs in `history`: None to go on, else where it
+    stopped and its best epoch. It stops once val accuracy (in %) has not beaten its best so far
+    by more than `min_delta` for `patience` epochs in a row (Keras's rule: a smaller gain is no
+    new best). A function of the history alone, so a resumed run decides as an uninterrupted
+    one did."""
+    patience = setting["patience"]
+    if patience == 0 or not history:
+        return None
+    best, best_epoch = -math.inf, 0
+    for row in history:
+        if 100 * row["val_acc"] > best + setting["min_delta"]:
+            best, best_epoch = 100 * row["val_acc"], row["epoch"]
+    last = history[-1]["epoch"]
+    if last - best_epoch < patience:
+        return None
+    return {"epoch": last, "best_epoch": best_epoch, "best_val_acc": round(best, 4)}
+
+
+def saved_epochs(settings: dict, last: int) -> list[int]:
+    """The checkpoints of a run that ended after epoch `last`: those of the schedule up to it,
+    and `last` itself (the last epoch, or the one it stopped early at)."""
+    every = config.checkpoint_epochs(settings["epochs"], settings["checkpoint_every"])
+    return sorted({*(e for e in every if e <= last), last})
 
 
 @contextlib.contextmanager
