@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from ladder import augment
-from ladder.augments import affine, blur, hflip, rotate, solarize, translate
+from ladder.augments import affine, blur, erase, hflip, rotate, solarize, translate
 from scipy import stats
 from torchvision.transforms import v2
 
@@ -28,6 +28,7 @@ def settings(**ops) -> dict:
         "rotate": {"p": 0.0},
         "blur": {"p": 0.0},
         "solarize": {"p": 0.0},
+        "erase": {"p": 0.0},
     }
     return {**base, **ops}
 
@@ -178,6 +179,52 @@ def test_seed_threshold_reading_inverts_every_pixel_from_one_up():
     assert torch.allclose(out, expected, atol=1e-4)
 
 
+ERASE = {"p": 1.0, "scale": [0.02, 0.33], "ratio": [0.3, 3.3], "value": 0.0}
+
+
+def erased_boxes(x: torch.Tensor) -> np.ndarray:
+    """(n, 4) top, left, height, width of the zeroed box in each all-white image (zeros: none)."""
+    out = []
+    for img in x[:, 0] == 0:
+        rows, cols = img.any(1).nonzero()[:, 0], img.any(0).nonzero()[:, 0]
+        if len(rows) == 0:
+            out.append((0, 0, 0, 0))
+            continue
+        out.append((rows[0], cols[0], len(rows), len(cols)))
+    return np.array(out, dtype=float)
+
+
+@pytest.mark.parametrize(
+    ("scale", "ratio"),
+    [
+        ([0.02, 0.33], [0.3, 3.3]),  # torchvision's defaults
+        ([0.02, 0.33], [0.5, 1.0]),
+        ([0.5, 0.6], [1.0, 1.0]),  # large squares: a few positions each, edges included
+        ([0.5, 0.9], [0.3, 3.3]),  # tries that do not fit: most images need several
+    ],
+)
+def test_erase_matches_random_erasing(scale, ratio):
+    white = torch.full((N, 3, SIZE, SIZE), 255, dtype=torch.uint8)
+    a = erased_boxes(ours(white, settings(erase=ERASE | {"scale": scale, "ratio": ratio})))
+    b = erased_boxes(theirs(white, v2.RandomErasing(1.0, tuple(scale), tuple(ratio), value=0)))
+    for column in range(4):  # top, left, height, width: each the same distribution
+        assert chi2_same(a[:, column], b[:, column]) > ALPHA, column
+    # the boxes are filled rectangles: area = height x width
+    erased = (ours(white[:64], settings(erase=ERASE))[:, 0] == 0).sum((1, 2)).numpy()
+    boxes = erased_boxes(ours(white[:64], settings(erase=ERASE)))
+    assert np.array_equal(erased, boxes[:, 2] * boxes[:, 3])
+
+
+def test_erase_probability_and_the_test_s_power():
+    white = torch.full((N, 3, SIZE, SIZE), 255, dtype=torch.uint8)
+    a = erased_boxes(ours(white, settings(erase=ERASE | {"p": 0.4})))
+    assert stats.binomtest(int((a[:, 2] > 0).sum()), N, 0.4).pvalue > ALPHA
+    # A slightly larger box is told apart from torchvision's
+    b = erased_boxes(theirs(white, v2.RandomErasing(1.0, (0.02, 0.4), value=0)))
+    c = erased_boxes(ours(white, settings(erase=ERASE)))
+    assert chi2_same(c[:, 2] * c[:, 3], b[:, 2] * b[:, 3]) < ALPHA
+
+
 def test_identity_settings_only_rescale():
     x = torch.randint(0, 256, (8, 3, SIZE, SIZE), dtype=torch.uint8)
     assert augment.Augment(settings()).is_identity
@@ -186,7 +233,7 @@ def test_identity_settings_only_rescale():
 
 def reference_pipeline(images: torch.Tensor, s: dict, g: torch.Generator) -> torch.Tensor:
     """The pipeline as augment.py spelled it out before the op table: the op functions called
-    directly, in the order flip, translate, rotate, blur, solarize."""
+    directly, in the order flip, translate, rotate, blur, solarize, erase."""
     x = images.float().div_(255)
     n = len(x)
     if s["hflip"] > 0:
@@ -202,6 +249,8 @@ def reference_pipeline(images: torch.Tensor, s: dict, g: torch.Generator) -> tor
         x = blur.blur(x, s["blur"]["p"], s["blur"]["kernel"], s["blur"]["sigma"], g)
     if s["solarize"]["p"] > 0:
         x = solarize.solarize(x, s["solarize"]["p"], s["solarize"]["threshold"], g)
+    if s["erase"]["p"] > 0:
+        x = erase.erase(x, s["erase"], g)
     return x
 
 
@@ -212,6 +261,7 @@ EXACT = {
         rotate={"p": 0.6, "degrees": 20.0},
         blur={"p": 0.5, "kernel": 3, "sigma": [0.1, 2.0]},
         solarize={"p": 0.5, "threshold": 0.4},
+        erase=ERASE | {"p": 0.5},
     ),
     "some": settings(
         rotate={"p": 1.0, "degrees": 10.0}, blur={"p": 0.3, "kernel": 5, "sigma": 0.7}

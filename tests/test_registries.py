@@ -142,8 +142,10 @@ def test_an_op_keeps_its_entrys_settings_when_on_and_only_p_when_off(op):
 
 
 def test_the_pipeline_order_is_the_seeds():
-    """flip, translate, rotate, blur, solarize: results depend on the order."""
-    assert [op.name for op in OPS] == ["hflip", "translate", "rotate", "blur", "solarize"]
+    """flip, translate, rotate, blur, solarize, then erasing (as the recipes that use it):
+    results depend on the order."""
+    seed = ["hflip", "translate", "rotate", "blur", "solarize"]
+    assert [op.name for op in OPS] == [*seed, "erase"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ whole batch; here every image draws its own, from the same distributions as the 
 transform each op stands for (the ops: ladder/augments/, one module each). Images enter as uint8
 NCHW and leave as float32 in [0, 1]; `Normalize` follows.
 
-The ops and their order (as in the seed's pipelines: flip, translate, rotate, blur, solarize) are
+The ops and their order (as in the seed's pipelines: flip, translate, rotate, blur, solarize; then
+random erasing) are
 ladder.augment_registry's; each is a separate resampling like the torchvision transform it stands
 for.
 """

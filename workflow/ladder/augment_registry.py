@@ -1,14 +1,14 @@
 """The training augmentations, one entry each, in the order they are applied.
 
-ladder.augment's pipeline runs the ops in this order (flip, translate, rotate, blur, solarize, as
-in the seed's pipelines); ladder.config derives from the entries which settings an op that is
-off keeps. The schema (params.schema.yaml) lists the ops and their settings, in this order, for
-users; tests/test_registries.py fails when the two disagree. Adding an op: an entry here, its
-module in ladder/augments/ (with an `apply`), its settings in the schema. An entry lists the files
-its op runs (`code`): an experiment's training and evaluation depend on those of the ops it uses
-only (ladder.config.code_record), so adding or editing an op reruns only the experiments that
-use it; tests/test_registries.py fails when an op imports a file of the package its entry does
-not list.
+ladder.augment's pipeline runs the ops in this order (flip, translate, rotate, blur, solarize, as in
+the seed's pipelines; then random erasing, last as in torchvision's and timm's recipes);
+ladder.config derives from the entries which settings an op that is off keeps. The schema
+(params.schema.yaml) lists the ops and their settings, in this order, for users;
+tests/test_registries.py fails when the two disagree. Adding an op: an entry here, its module in
+ladder/augments/ (with an `apply`), its settings in the schema. An entry lists the files its op runs
+(`code`): an experiment's training and evaluation depend on those of the ops it uses only
+(ladder.config.code_record), so adding or editing an op reruns only the experiments that use it;
+tests/test_registries.py fails when an op imports a file of the package its entry does not list.
 
 Light on purpose: Snakemake imports ladder.config (hence this module) whenever it loads the
 workflow, so nothing here imports torch. An entry names its function ("module:function").
@@ -65,6 +65,12 @@ OPS: tuple[Op, ...] = (
         "ladder.augments.solarize:apply",
         ("augments/solarize.py", _COIN),
         settings=("threshold",),
+    ),
+    Op(
+        "erase",
+        "ladder.augments.erase:apply",
+        ("augments/erase.py", _COIN),
+        settings=("scale", "ratio", "value"),
     ),
 )
 

@@ -645,6 +645,12 @@ def _check(train: dict, where: str) -> None:
     sigma = train["augment"]["blur"].get("sigma")
     if isinstance(sigma, list) and sigma[0] > sigma[1]:
         raise ConfigError(f"{where}.augment.blur.sigma: [min, max] with min <= max, got {sigma}")
+    for key in ("scale", "ratio"):
+        bounds = train["augment"]["erase"].get(key)
+        if bounds is not None and bounds[0] > bounds[1]:
+            raise ConfigError(
+                f"{where}.augment.erase.{key}: [min, max] with min <= max, got {bounds}"
+            )
 
 
 def _check_model(model: dict, where: str) -> None:
