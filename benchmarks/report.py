@@ -1,6 +1,8 @@
 """Time `ladder report` on the whole ladder: params.yaml's 26 experiments with their 885
 checkpoints, 20,000 val and 10,000 test images of 200 classes, every checkpoint evaluated with
-its per-image predictions (eval/epoch_NNN.npz) as `ladder evaluate` writes them.
+its per-image predictions (eval/epoch_NNN.npz) as `ladder evaluate` writes them; with
+`--experiments 26 100 300 1000`, ladders of that many experiments (the ladder repeated, each
+copy with a seed of its own) and the growth exponent of CPU time and peak memory.
 
 Builds the inputs once in a temporary folder (the files configure, train and evaluate would
 write; synthetic numbers), then times `build_report` in a fresh process for each code tree: this
@@ -8,9 +10,14 @@ checkout's ("after") and, with --before, another one's, e.g. the report as commi
 
     git worktree add /tmp/report-before HEAD
     python benchmarks/report.py --before /tmp/report-before/workflow
+    python benchmarks/report.py --before /tmp/report-before/workflow \\
+        --experiments 26 100 300 1000 --before-max 300
 
 Each process imports its tree's `ladder` (PYTHONPATH), builds the report into its own folder and
-prints the seconds of `build_report` alone (imports excluded) and its peak memory. The trees read
+prints the seconds of `build_report` alone (imports excluded; CPU time includes any process it
+starts), the CPU time of the whole process (imports included) and its peak memory (the largest
+resident set of the process or of any process it started). CPU seconds are the measure: on a
+shared machine wall time depends on the load of others. The trees read
 the same inputs: a report without predictions ignores the .npz files. `--shape` shrinks the data
 (tests/test_report_benchmark.py runs the script that way).
 """
@@ -18,9 +25,12 @@ the same inputs: a report without predictions ignores the .npz files. `--shape` 
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,16 +55,24 @@ class Shape:
     size: int = 64  # pixels
 
 
-# Run in the child: the timed call, then what the parent reads (one JSON line).
+# Run in the child: the timed call, then what the parent reads (one JSON line). CPU time counts
+# the processes build_report starts (RUSAGE_CHILDREN); peak memory is the largest resident set
+# of this process or of any of them (ru_maxrss: KiB on Linux).
 CHILD = """
 import json, resource, sys, time
 from ladder.report import build_report
+def cpu():
+    own = time.process_time()
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own + kids.ru_utime + kids.ru_stime
 args = json.loads(sys.argv[1])
-start, cpu = time.perf_counter(), time.process_time()
+start, before = time.perf_counter(), cpu()
 build_report(**args)
-seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_mib": peak}))
+seconds, after = time.perf_counter() - start, cpu()
+who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+peak = max(resource.getrusage(w).ru_maxrss for w in who)
+print(json.dumps({"seconds": seconds, "cpu_seconds": after - before, "process_cpu_seconds": after,
+                  "peak_mib": peak / 1024, "torch": "torch" in sys.modules}))
 """
 
 
@@ -223,11 +241,105 @@ def time_report(tree: Path, inputs: dict, out: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def scaled(raw: dict, n: int) -> dict:
+    """`raw` (params as read) with `n` experiments: its ladder, then copies of it, each copy's
+    experiments renamed `<name>_c<k>`, their bases and replicates kept within the copy, and a
+    seed of their own (+1000 k): a ladder rerun with other seeds, as a large sweep is. The last
+    copy is cut short, parents before children."""
+    ladder = raw["experiments"]
+    order: list[str] = []  # parents first: a cut copy keeps every base it needs
+    while len(order) < len(ladder):
+        for name, exp in ladder.items():
+            needs = [exp.get(k) for k in ("base", "replicate_of") if exp.get(k)]
+            if name not in order and all(p in order for p in needs):
+                order.append(name)
+    experiments: dict[str, dict] = {}
+    for k in range(-(-n // len(order))):
+        for name in order[: n - len(experiments)]:
+            exp = copy.deepcopy(ladder[name])
+            if k:
+                for key in ("base", "replicate_of"):
+                    if exp.get(key):
+                        exp[key] = f"{exp[key]}_c{k}"
+                if "seed" in exp or not exp.get("base"):
+                    exp["seed"] = exp.get("seed", 0) + 1000 * k
+                name = f"{name}_c{k}"
+            experiments[name] = exp
+    return {**raw, "experiments": experiments, "run": []}
+
+
+def _exponent(counts: list[int], values: list[float]) -> float:
+    """The slope of log(value) against log(count): 1 is linear growth, 0 none."""
+    return float(np.polyfit(np.log(counts), np.log(values), 1)[0])
+
+
+def scaling(
+    trees: dict[str, Path], raw: dict, counts: list[int], shape: Shape, root: Path, before_max: int
+) -> dict[str, dict[int, dict]]:
+    """Each tree's report of each ladder size (the before tree up to `before_max` experiments),
+    one size's inputs on disk at a time; a line per run, then each tree's growth exponents."""
+    results: dict[str, dict[int, dict]] = {label: {} for label in trees}
+    for n in counts:
+        params = config.Params.from_dict(scaled(raw, n), source=f"params.yaml x{n}")
+        start = time.perf_counter()
+        inputs = write_inputs(root / f"inputs-{n}", params, shape)
+        checkpoints = sum(len(e.checkpoint_epochs) for e in params.experiments.values())
+        print(
+            f"{n} experiments, {checkpoints} checkpoints "
+            f"(inputs built in {time.perf_counter() - start:.0f} s):",
+            flush=True,
+        )
+        for label, tree in trees.items():
+            if label == "before" and n > before_max:
+                print(f"{label:>8}: not run (--before-max {before_max})", flush=True)
+                continue
+            r = results[label][n] = time_report(tree, inputs, root / f"{label}-{n}")
+            print(
+                f"{label:>8}: build_report {r['cpu_seconds']:7.1f} CPU-s "
+                f"({r['process_cpu_seconds']:.1f} with imports, {r['seconds']:.1f} s wall), "
+                f"peak memory {r['peak_mib']:6.0f} MiB, torch imported: {r.get('torch', '?')}",
+                flush=True,
+            )
+            shutil.rmtree(root / f"{label}-{n}")
+        shutil.rmtree(root / f"inputs-{n}")
+    for label, by_count in results.items():
+        ns = sorted(by_count)
+        if len(ns) < 2:
+            continue
+        steps = ", ".join(
+            f"{a}->{b}: "
+            f"{_exponent([a, b], [by_count[a]['cpu_seconds'], by_count[b]['cpu_seconds']]):.2f}"
+            for a, b in itertools.pairwise(ns)
+        )
+        cpu = _exponent(ns, [by_count[k]["cpu_seconds"] for k in ns])
+        memory = _exponent(ns, [by_count[k]["peak_mib"] for k in ns])
+        print(
+            f"{label:>8}: growth exponent (log-log slope, {ns[0]}..{ns[-1]} experiments): "
+            f"CPU {cpu:.2f} (per step {steps}), peak memory {memory:.2f}"
+        )
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", type=Path, help="another tree's workflow/ folder to time too")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per tree (best kept)")
+    parser.add_argument(
+        "--experiments",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="ladder sizes to time (the ladder repeated, see `scaled`), e.g. 26 100 300 1000",
+    )
+    parser.add_argument(
+        "--before-max",
+        type=int,
+        default=None,
+        metavar="N",
+        help="time the --before tree only up to N experiments (the old report at 1000 needs "
+        "more than 16 GB)",
+    )
     parser.add_argument(
         "--shape",
         type=int,
@@ -242,10 +354,20 @@ def main(argv: list[str] | None = None) -> dict:
     if args.before:
         trees = {"before": args.before, **trees}
 
+    shape = Shape(*args.shape)
+    if args.experiments:
+        print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+        print(
+            f"data: {shape.val:,} val / {shape.test:,} test images, {shape.classes} classes; "
+            "CPU seconds of build_report (the processes it starts included)"
+        )
+        with tempfile.TemporaryDirectory(prefix="ladder-report-bench-") as tmp:
+            before_max = args.before_max or max(args.experiments)
+            return scaling(trees, params.raw, args.experiments, shape, Path(tmp), before_max)
+
     with tempfile.TemporaryDirectory(prefix="ladder-report-bench-") as tmp:
         root = Path(tmp)
         start = time.perf_counter()
-        shape = Shape(*args.shape)
         inputs = write_inputs(root / "inputs", params, shape)
         built = time.perf_counter() - start
         checkpoints = sum(len(e.checkpoint_epochs) for e in params.experiments.values())

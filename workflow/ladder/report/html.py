@@ -22,6 +22,7 @@ import jinja2
 import pandas as pd
 
 from ladder.report import significance
+from ladder.report.figures import PANEL_FIGURES, panel_names
 from ladder.report.tables import (
     LADDER_COLUMNS,
     Runs,
@@ -706,23 +707,46 @@ def _cards(top: Headline) -> list[tuple[str, str, str]]:
     return cards
 
 
-def _figures(captions: dict[str, str], figures: Path) -> list[tuple[str, str, str]]:
-    """(name, data: URI, caption) of every figure."""
+def _figures(
+    runs: Runs, captions: dict[str, str], figures: Path
+) -> list[tuple[str, str, str, list[tuple[str, str]]]]:
+    """(name, data: URI, caption, the experiments it leaves out) of every figure: a panel
+    figure draws the first experiments only (figures.PANELS); the others are listed, each linked
+    to its checkpoints table."""
+    drawn = set(panel_names(runs))
+    rest = [(name, f"#{_anchor(i)}") for i, name in enumerate(_checkpoint_order(runs))]
+    rest = [(name, href) for name, href in rest if name not in drawn]
     return [
-        (name, "data:image/png;base64," + base64.b64encode(png).decode("ascii"), caption)
+        (
+            name,
+            "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+            caption,
+            rest if name in PANEL_FIGURES else [],
+        )
         for name, caption in captions.items()
         for png in [(figures / f"{name}.png").read_bytes()]
     ]
 
 
-def _checkpoints(runs: Runs, checkpoints: pd.DataFrame) -> list[tuple[str, str, Table]]:
-    """(experiment, a line about the run, its checkpoints table) of every experiment, seed
-    replicates included."""
+def _checkpoint_order(runs: Runs) -> list[str]:
+    """Every experiment in the Checkpoints section's order: a seed replicate after its
+    experiment."""
+    return [member for members in runs.sets.values() for member in members]
+
+
+def _anchor(i: int) -> str:
+    """The id of the Checkpoints section's i-th experiment (from 0; names can hold anything)."""
+    return f"checkpoints-{i + 1}"
+
+
+def _checkpoints(runs: Runs, checkpoints: pd.DataFrame) -> list[tuple[str, str, Table, str]]:
+    """(experiment, a line about the run, its checkpoints table, its element id) of every
+    experiment, seed replicates included."""
     picked = picked_on_val(runs)["epoch"]
     row_of = runs.row_of
     by_name = dict(list(checkpoints.groupby("experiment", sort=False)))
     parts = []
-    for name in (member for members in runs.sets.values() for member in members):
+    for i, name in enumerate(_checkpoint_order(runs)):
         run, rows = runs.run[name], by_name[name]  # replicates under their experiment
         replicate = (
             f" · seed replicate of {row_of[name]} (seed {runs.settings[name]['seed']})"
@@ -734,7 +758,7 @@ def _checkpoints(runs: Runs, checkpoints: pd.DataFrame) -> list[tuple[str, str, 
             f"{replicate} · trained on {run['device']} ({run['precision']}) · code "
             f"{run['code_version']}"
         )
-        parts.append((name, detail, _table(CHECKPOINTS, rows)))
+        parts.append((name, detail, _table(CHECKPOINTS, rows), _anchor(i)))
     return parts
 
 
@@ -753,7 +777,7 @@ def page_content(
         "ladder": _table(LADDER, _ladder_rows(runs, ladder), "ladder", best=top.experiment),
         "picked_note": PICKED_NOTE,
         "picked": _table(PICKED, ladder, "picked", best=top.experiment),
-        "figures": _figures(captions, figures),
+        "figures": _figures(runs, captions, figures),
         "checkpoints": _checkpoints(runs, checkpoints),
         "reading": READING,  # (term, definition); the first is the headline rule
         "columns": list(LADDER_COLUMNS.items()),  # ladder.csv's columns, explained

@@ -10,7 +10,6 @@ deterministic given their seed.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -316,6 +315,87 @@ def replicate_picked_gap(
     return gap
 
 
+class RunGap(NamedTuple):
+    """One run's part of a picked gap: its gap on every bootstrap resample (correct images,
+    float32: the test pick's minus the val pick's) and its accuracies on all the images."""
+
+    gaps: np.ndarray  # (n_boot,) float32
+    images: int  # test images counted
+    val_picked: float
+    test_picked: float
+    test_pick: int
+
+
+class PickedGapBootstrap:
+    """`picked_gaps` run by run, so that a caller holds each run's checkpoints only until they
+    are counted: the resamples (count matrices, resamples x images, float32; 40 MB for 1,000
+    resamples of 10,000 images) are drawn once, from the seed, and every run is counted on the
+    same ones, as in `picked_gaps`. Runs added are counted BATCH checkpoints at a time, in one
+    matrix product (one per run costs twice the CPU: BLAS threads spin between small products),
+    so at most about BATCH checkpoints' correctness is held. Integer counts below 2**24 are
+    exact in float32: the numbers do not depend on how runs are batched."""
+
+    BATCH = 1024  # checkpoints per matrix product: 40 MB of float32 for 10,000 test images
+
+    def __init__(self, n: int, *, n_boot: int = 1000, seed: int = 0):
+        self.n = n
+        self.counts = np.concatenate(list(_resample_counts(n, n_boot, _seed_rng(seed, n_boot))))
+        self._pending: list[tuple[list[np.ndarray], int]] = []
+        self._done: list[RunGap] = []
+
+    def add(self, checkpoints: Sequence[np.ndarray], val_pick: int) -> None:
+        """One run: its checkpoints' correctness (1-D bool arrays) and the index of its val
+        pick; counted with the next batch (`results`)."""
+        self._pending.append((self._checked(checkpoints, val_pick), val_pick))
+        if sum(len(c) for c, _ in self._pending) >= self.BATCH:
+            self._flush()
+
+    def results(self) -> list[RunGap]:
+        """Every run added, in order."""
+        self._flush()
+        return list(self._done)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        matrix = np.stack([x for c, _ in self._pending for x in c], axis=1).astype(np.float32)
+        hits = self.counts @ matrix  # resamples x checkpoints
+        acc = matrix.mean(axis=0, dtype=np.float64)
+        start = 0
+        for checkpoints, pick in self._pending:
+            end = start + len(checkpoints)
+            mine, best = hits[:, start:end], int(np.argmax(acc[start:end]))
+            gaps = mine.max(axis=1) - mine[:, pick]
+            self._done.append(
+                RunGap(gaps, self.n, float(acc[start + pick]), float(acc[start + best]), best)
+            )
+            start = end
+        self._pending = []
+
+    def _checked(self, checkpoints: Sequence[np.ndarray], val_pick: int) -> list[np.ndarray]:
+        checkpoints = [_correct(x, f"test_correct[{j}]") for j, x in enumerate(checkpoints)]
+        if not checkpoints:
+            raise ValueError("picked_gap: expected one or more checkpoints")
+        if not 0 <= val_pick < len(checkpoints):
+            raise ValueError(
+                f"val_pick: {val_pick} is not a checkpoint index (0..{len(checkpoints) - 1})"
+            )
+        _same_images([*checkpoints, np.empty(self.n)], "picked_gap")
+        return checkpoints
+
+
+def set_gap(runs: Sequence[RunGap], confidence: float = CONFIDENCE) -> PickedGap:
+    """A set of runs' picked gap (one run, or seed replicates; each counted by the same
+    PickedGapBootstrap): means over its runs, as `replicate_picked_gap`."""
+    if not runs:
+        raise ValueError("picked_gaps: expected one or more runs in a set")
+    gaps = np.sum(np.stack([r.gaps for r in runs], axis=1), axis=1, dtype=np.float64)
+    low, high = _percentile_interval(gaps / (runs[0].images * len(runs)), confidence)
+    val = float(np.mean([r.val_picked for r in runs]))
+    best = float(np.mean([r.test_picked for r in runs]))
+    return PickedGap(val, best, runs[0].test_pick, best - val, low, high)
+
+
 def picked_gaps(
     sets: Sequence[Sequence[Sequence[np.ndarray]]],
     val_picks: Sequence[Sequence[int]],
@@ -326,60 +406,24 @@ def picked_gaps(
 ) -> list[PickedGap]:
     """`replicate_picked_gap` of many sets of runs at once (a report's every experiment), each
     exactly as alone: with one seed every set's bootstrap draws the same resamples of the test
-    images, so they are drawn once, and every checkpoint of every set is counted on them in one
-    matrix product per chunk (drawing them is most of the cost of one set)."""
+    images, so they are drawn once (drawing them is most of the cost of one set) and every run
+    is counted on them (PickedGapBootstrap)."""
     if len(sets) != len(val_picks):
         raise ValueError("picked_gaps: expected the val picks of every set")
-    runs, picks = [], []
     for i, (checkpoints_of, picks_of) in enumerate(zip(sets, val_picks, strict=True)):
         if not checkpoints_of or len(checkpoints_of) != len(picks_of):
             raise ValueError(
                 f"picked_gaps: set {i}: expected one val pick for each of 1 or more runs"
             )
-        for checkpoints, pick in zip(checkpoints_of, picks_of, strict=True):
-            checkpoints = [_correct(x, f"test_correct[{j}]") for j, x in enumerate(checkpoints)]
-            if not checkpoints:
-                raise ValueError("picked_gap: expected one or more checkpoints")
-            if not 0 <= pick < len(checkpoints):
-                raise ValueError(
-                    f"val_pick: {pick} is not a checkpoint index (0..{len(checkpoints) - 1})"
-                )
-            runs.append(checkpoints)
-            picks.append(pick)
-    if not runs:
+    if not sets:
         return []
-    _same_images([x for checkpoints in runs for x in checkpoints], "picked_gap")
-    rng, n = _seed_rng(seed, n_boot), len(runs[0][0])
-    # Hand-written: scipy.stats.bootstrap would gather an n_boot x checkpoints x n array; counts
-    # of each image per resample (BLAS, float32: integer sums below 2**24 are exact) are faster.
-    matrix = np.stack([x for c in runs for x in c], axis=1).astype(np.float32)  # images x all
-    starts = np.cumsum([0] + [len(c) for c in runs]).tolist()
-    # Every run: its columns of `matrix` (a:b) and its val pick's column.
-    columns = [(a, b, a + pick) for a, b, pick in zip(starts, starts[1:], picks, strict=False)]
-    owners = np.cumsum([0] + [len(s) for s in sets]).tolist()  # runs of set k: owners[k]:[k+1]
-
-    def mean_gaps(hits: np.ndarray) -> np.ndarray:
-        """Per resample (row of `hits`, correct images per checkpoint): each set's mean gap of
-        its runs (resamples x sets)."""
-        gaps = np.stack([hits[:, a:b].max(axis=1) - hits[:, v] for a, b, v in columns], axis=1)
-        return np.stack(
-            [
-                np.sum(gaps[:, lo:hi], axis=1, dtype=np.float64) / (n * (hi - lo))
-                for lo, hi in itertools.pairwise(owners)
-            ],
-            axis=1,
-        )
-
-    gaps = np.concatenate(
-        [mean_gaps(counts @ matrix) for counts in _resample_counts(n, n_boot, rng)]
-    )
-    acc = matrix.mean(axis=0, dtype=np.float64)
-    test_picks = [int(np.argmax(acc[a:b])) for a, b, _ in columns]  # within each run
-    out = []
-    for k, (lo, hi) in enumerate(itertools.pairwise(owners)):
-        low, high = _percentile_interval(gaps[:, k], confidence)
-        mine = columns[lo:hi]
-        val = float(np.mean([acc[v] for _, _, v in mine]))
-        best = float(np.mean([acc[a + test_picks[lo + r]] for r, (a, _, _) in enumerate(mine)]))
-        out.append(PickedGap(val, best, test_picks[lo], best - val, low, high))
-    return out
+    first = [_correct(x, "test_correct[0]") for x in sets[0][0][:1]]
+    if not first:
+        raise ValueError("picked_gap: expected one or more checkpoints")
+    _same_images([x for runs in sets for run in runs for x in run], "picked_gap")
+    bootstrap = PickedGapBootstrap(len(first[0]), n_boot=n_boot, seed=seed)
+    for runs, picks in zip(sets, val_picks, strict=True):
+        for run, pick in zip(runs, picks, strict=True):
+            bootstrap.add(run, pick)
+    counted = iter(bootstrap.results())
+    return [set_gap([next(counted) for _ in runs], confidence) for runs in sets]

@@ -237,7 +237,8 @@ def read_labels(data: str | Path) -> dict[str, np.ndarray]:
 def _read_eval(
     path: Path, name: str, epoch: int, labels: dict[str, np.ndarray]
 ) -> tuple[dict, list[dict], dict[str, np.ndarray]]:
-    """One checkpoint's evaluation: its row of the checkpoints table, its per-class rows, and
+    """One checkpoint's evaluation: its row of the checkpoints table, its per-class entries (as
+    the JSON holds them: `_per_class` makes rows of the one checkpoint the report shows), and
     its per-image correctness (kind -> bool array) from the predictions beside it."""
     result = io.read_json(path)
     with _reading(path):
@@ -263,17 +264,9 @@ def _read_eval(
             "val_images": images["val"],
             "test_images": images["test"],
         }
-        per_class = [
-            {
-                "experiment": name,
-                "epoch": epoch,
-                "index": int(c["index"]),
-                "count": int(c["count"]),
-                "test_acc": _pct(c["test_acc"]),
-                "tta_acc": _pct(c["tta_acc"]),
-            }
-            for c in result["per_class"]
-        ]
+        per_class = result["per_class"]
+        if not isinstance(per_class, list):
+            raise TypeError("per_class is not a list")
     for split, n in images.items():
         if len(labels[split]) != n:
             raise ValueError(
@@ -307,18 +300,44 @@ def _read_eval(
     return row, per_class, correct
 
 
+def _per_class(path: Path, name: str, epoch: int, entries: list) -> list[dict]:
+    with _reading(path):
+        return [
+            {
+                "experiment": name,
+                "epoch": epoch,
+                "index": int(c["index"]),
+                "count": int(c["count"]),
+                "test_acc": _pct(c["test_acc"]),
+                "tta_acc": _pct(c["tta_acc"]),
+            }
+            for c in entries
+        ]
+
+
+def _val_pick(rows: list[dict]) -> int:
+    """The index of a run's val-picked checkpoint among its rows (ascending epochs): the highest
+    val accuracy, ties to the earliest epoch, as `picked_on_val`."""
+    return max(range(len(rows)), key=lambda i: (rows[i]["val_acc"], -rows[i]["epoch"]))
+
+
 @dataclass(frozen=True)
 class Correct:
-    """One run's per-image correctness on the test images, a row per checkpoint in `epochs`
-    order: what its comparisons with other runs and its picked gap are counted from."""
+    """One run's per-image correctness on the test images at its val-picked checkpoint, what its
+    comparisons with other runs are counted from. Its picked gap's bootstrap counts all its
+    checkpoints as they are read (Runs.gaps): a report holds two rows of test images per run,
+    not one per checkpoint (at 1,000 experiments of the shipped ladder's shape, 20 MB instead of
+    680)."""
 
-    epochs: list[int]
-    test: np.ndarray  # bool (checkpoints, test images), one plain pass
-    tta: np.ndarray | None  # bool (checkpoints, test images), the TTA vote; None without TTA
+    epoch: int  # the val-picked checkpoint's
+    test: np.ndarray  # bool (test images,), one plain pass
+    tta: np.ndarray | None  # bool (test images,), the TTA vote; None without TTA
 
     def at(self, epoch: int, tta: bool = False) -> np.ndarray:
-        """Correctness of the checkpoint of `epoch` (plain, or the TTA vote)."""
-        return (self.tta if tta else self.test)[self.epochs.index(epoch)]
+        """Correctness of the val-picked checkpoint, of `epoch` (plain, or the TTA vote)."""
+        if epoch != self.epoch:
+            raise ValueError(f"per-image correctness is kept for epoch {self.epoch}, not {epoch}")
+        return self.tta if tta else self.test
 
 
 @dataclass(frozen=True)
@@ -332,8 +351,9 @@ class Runs:
     history: pd.DataFrame  # history.csv rows of every run, plus `experiment`
     steps: pd.DataFrame  # steps.csv rows of every run, plus `experiment`
     checkpoints: pd.DataFrame  # one row per evaluated checkpoint (eval/epoch_NNN.json)
-    per_class: pd.DataFrame  # one row per (experiment, checkpoint, class)
+    per_class: pd.DataFrame  # one row per (experiment, class) at its val-picked checkpoint
     correct: dict[str, Correct]  # per-image correctness (eval/epoch_NNN.npz), by experiment
+    gaps: dict[str, significance.RunGap]  # each run's part of its picked gap, by experiment
 
     @cached_property
     def sets(self) -> dict[str, list[str]]:
@@ -355,8 +375,11 @@ class Runs:
 def read_runs(
     names: list[str], configs: str | Path, runs: str | Path, labels: dict[str, np.ndarray]
 ) -> Runs:
+    # Each run's picked gap is counted as its checkpoints are read, on resamples drawn once.
+    bootstrap = significance.PickedGapBootstrap(len(labels["test"]))
     parts = [
-        _read_experiment(name, Path(configs) / name, Path(runs) / name, labels) for name in names
+        _read_experiment(name, Path(configs) / name, Path(runs) / name, labels, bootstrap)
+        for name in names
     ]
     settings, meta, run, history, steps, checkpoints, per_class, correct = zip(*parts, strict=True)
     return Runs(
@@ -369,6 +392,7 @@ def read_runs(
         checkpoints=pd.DataFrame([row for rows in checkpoints for row in rows]),
         per_class=pd.DataFrame([row for rows in per_class for row in rows]),
         correct=dict(zip(names, correct, strict=True)),
+        gaps=dict(zip(names, bootstrap.results(), strict=True)),
     )
 
 
@@ -384,7 +408,13 @@ def _check_evaluated_with(evals: Path, settings: Path) -> None:
         )
 
 
-def _read_experiment(name: str, configs: Path, run: Path, labels: dict[str, np.ndarray]) -> tuple:
+def _read_experiment(
+    name: str,
+    configs: Path,
+    run: Path,
+    labels: dict[str, np.ndarray],
+    bootstrap: significance.PickedGapBootstrap,
+) -> tuple:
     train = provenance.read_record(configs / "train.json")
     tta = provenance.read_record(configs / "evaluate.json")
     report = provenance.read_record(configs / "report.json")
@@ -418,15 +448,15 @@ def _read_experiment(name: str, configs: Path, run: Path, labels: dict[str, np.n
 
     evals = [_read_eval(run / "eval" / f"epoch_{e:03d}.json", name, e, labels) for e in epochs]
     rows = [row for row, _, _ in evals]
-    per_class = [c for _, classes, _ in evals for c in classes]
     has_tta = {"test_tta" in correct for _, _, correct in evals}
     if len(has_tta) > 1:
         raise ValueError(f"{run / 'eval'}: some checkpoints were evaluated with TTA, some without")
-    correct = Correct(
-        epochs,
-        np.stack([c["test_plain"] for _, _, c in evals]),
-        np.stack([c["test_tta"] for _, _, c in evals]) if has_tta == {True} else None,
-    )
+    pick = _val_pick(rows)
+    _, entries, at_pick = evals[pick]
+    path = run / "eval" / f"epoch_{epochs[pick]:03d}.json"
+    per_class = _per_class(path, name, epochs[pick], entries)
+    bootstrap.add([c["test_plain"] for _, _, c in evals], pick)
+    correct = Correct(epochs[pick], at_pick["test_plain"], at_pick.get("test_tta"))
     return {**train, "tta": tta}, meta, run_config, history, steps, rows, per_class, correct
 
 
@@ -537,14 +567,12 @@ def _versus_parent(runs: Runs, best: pd.DataFrame, means: pd.DataFrame, name: st
     return columns
 
 
-def _picked_gaps(runs: Runs, best: pd.DataFrame) -> dict[str, dict[str, float]]:
+def _picked_gaps(runs: Runs) -> dict[str, dict[str, float]]:
     """Each row's gain from picking its runs' checkpoints on test instead (pp, the mean over its
-    runs) with its interval: significance.picked_gaps, every row in one bootstrap."""
+    runs) with its interval: significance.picked_gaps, every row on the same resamples (each
+    run's part counted as it was read, Correct.gap)."""
     sets = runs.sets
-    gaps = significance.picked_gaps(
-        [[runs.correct[m].test for m in members] for members in sets.values()],
-        [[runs.correct[m].epochs.index(best.loc[m, "epoch"]) for m in ms] for ms in sets.values()],
-    )
+    gaps = [significance.set_gap([runs.gaps[m] for m in ms]) for ms in sets.values()]
     return {
         name: {
             "picked_gap": 100 * gap.gap,
@@ -559,7 +587,7 @@ def ladder_table(runs: Runs) -> pd.DataFrame:
     """One row per experiment, a set of seed replicates in one row (its experiment's), in ladder
     order; accuracies in % at the val-picked checkpoint (means over a set)."""
     best, by_test = picked_on_val(runs), picked_on_test(runs)
-    means, gaps = _set_means(runs, best, by_test), _picked_gaps(runs, best)
+    means, gaps = _set_means(runs, best, by_test), _picked_gaps(runs)
     rows = []
     for rung, (name, members) in enumerate(runs.sets.items(), 1):
         meta = runs.meta[name]

@@ -1,0 +1,192 @@
+"""The report at scale: what keeps its time and memory from growing with the number of
+experiments (ladder.report.figures' caps, the per-run bootstrap) and that it never imports
+torch. benchmarks/report.py --experiments measures it; these pin the structure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from conftest import REPO
+from ladder import augment_registry
+from ladder.report import build_report, figures, significance, tables
+from report_fixtures import write_inputs
+
+
+def test_the_report_does_not_import_torch(tmp_path):
+    """A whole report (its experiments augment: the figure's ops run in a child process) in a
+    fresh interpreter, which never imports torch."""
+    inputs = {k: str(v) for k, v in write_inputs(tmp_path).items()}
+    code = (
+        "import json, sys\n"
+        "from ladder.report import build_report\n"
+        "build_report(**json.loads(sys.argv[1]))\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps({**inputs, "out": str(tmp_path / "out")})],
+        env={**os.environ, "PYTHONPATH": str(REPO / "workflow"), "MPLBACKEND": "Agg"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+    assert (tmp_path / "out" / "figures" / "augmentations.png").stat().st_size > 0
+
+
+def test_panels_beyond_the_cap_are_listed_and_linked_to_their_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.setattr(figures, "PANELS", 2)
+    out = tmp_path / "out"
+    build_report(**write_inputs(tmp_path), out=out)
+    page = (out / "index.html").read_text(encoding="utf-8")
+    for name in figures.PANEL_FIGURES:
+        figure = page.split(f'<figure id="fig-{name}">')[1].split("</figure>")[0]
+        assert "Panels of the first 2 of 3 experiments in ladder order" in figure
+        assert "The other 1 experiments, not drawn" in figure
+        assert '<a href="#checkpoints-3">c</a>' in figure
+    assert '<details id="checkpoints-3"><summary>c ' in page
+    assert page.count("The other 1 experiments") == len(figures.PANEL_FIGURES)
+
+
+def test_panel_figures_draw_at_most_the_cap_without_a_layout_engine():
+    n = figures.PANELS + 5
+    names = [f"e{i}" for i in range(n)]
+    checkpoints = pd.DataFrame(
+        [
+            {"experiment": name, "epoch": e, "test_acc": 40.0, "test_acc_tta": 41.0, "val_acc": 42}
+            for name in names
+            for e in (1, 2)
+        ]
+    )
+    runs = SimpleNamespace(names=names, checkpoints=checkpoints)
+    with plt.rc_context(figures.THEME):
+        fig, caption = figures.checkpoint_accuracy(runs)
+    try:
+        assert [ax.get_title() for ax in fig.axes] == names[: figures.PANELS]
+        assert fig.get_layout_engine() is None
+        assert fig.fixed_layout
+        assert f"first {figures.PANELS} of {n} experiments" in caption
+    finally:
+        plt.close(fig)
+
+
+def _history(n: int, epochs: int = 5) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"experiment": f"e{i}", "epoch": e, "lr": 0.1, "train_acc": 50.0 + i, "val_acc": 40.0}
+            for i in range(n)
+            for e in range(1, epochs + 1)
+        ]
+    )
+
+
+def test_many_distinct_curves_are_coloured_by_rung_not_named_in_a_legend():
+    n = figures.LEGEND_LINES + 1
+    runs = SimpleNamespace(names=[f"e{i}" for i in range(n)], history=_history(n))
+    with plt.rc_context(figures.THEME):
+        fig, _ = figures.gap(runs)
+    try:
+        ax = fig.axes[0]
+        assert ax.get_legend() is None
+        assert len(ax.get_lines()) == n + 1  # every curve, and the zero line
+        assert f"{n} distinct curves" in fig.axes[1].get_ylabel()  # the colour bar
+        assert tuple(fig.get_size_inches()) == (9.1, 3.8)
+    finally:
+        plt.close(fig)
+    few = SimpleNamespace(names=["e0", "e1"], history=_history(2))
+    with plt.rc_context(figures.THEME):
+        fig, _ = figures.gap(few)
+    assert len(fig.axes[0].get_legend().get_texts()) == 2
+    plt.close(fig)
+
+
+def test_the_ladder_chart_has_a_fixed_width_beyond_the_names_it_can_show():
+    n = figures.LADDER_NAMES + 1
+    acc = np.linspace(30, 60, n)
+    ladder = pd.DataFrame(
+        {
+            "experiment": [f"e{i}" for i in range(n)],
+            "test_acc": acc,
+            "test_acc_low": acc - 1,
+            "test_acc_high": acc + 1,
+            "test_acc_tta": np.nan,
+            "val_acc": acc + 2,
+            "ref_test": np.nan,
+            "ref_val": np.nan,
+        }
+    )
+    with plt.rc_context(figures.THEME):
+        fig, _ = figures.ladder_chart(ladder)
+    try:
+        assert fig.get_size_inches()[0] == 12.0
+        assert "too many to name" in fig.axes[0].get_xlabel()
+    finally:
+        plt.close(fig)
+
+
+# Resolved `augment` settings with every op off.
+OFF = {op.name: 0.0 if op.bare else {"p": 0.0} for op in augment_registry.OPS}
+
+
+def test_augmentation_rows_one_per_distinct_setting_capped(monkeypatch):
+    flip, none = {**OFF, "hflip": 0.5}, OFF
+    settings = {"a": {"augment": flip}, "b": {"augment": none}, "c": {"augment": flip}}
+    runs = SimpleNamespace(sets={n: [n] for n in settings}, settings=settings)
+    assert figures.augment_rows(runs) == [["a", "c"], ["b"]]
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    monkeypatch.setattr(figures, "AUGMENT_ROWS", 1)
+    with plt.rc_context(figures.THEME):
+        fig, caption = figures.augmentations(runs, images)
+    try:
+        labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        assert labels == ["original", "a and 1 more"]
+        assert "The first 1 of 2 distinct settings" in caption
+    finally:
+        plt.close(fig)
+
+
+def test_identity_rows_need_no_child_process(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("started a process for augmentations that are all off")
+
+    monkeypatch.setattr(figures.subprocess, "run", refuse)
+    batch = np.arange(2 * 2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 2, 3)
+    rows = figures._augmented(batch, [OFF])
+    assert rows.shape == (1, 2, 2, 2, 3)
+    assert np.array_equal(rows[0], batch / np.float32(255))
+
+
+def test_runs_keep_one_row_of_test_images_per_run_not_per_checkpoint(tmp_path):
+    """What the report holds per experiment does not grow with its checkpoints: per-image
+    correctness of the val-picked checkpoint only, per-class rows of that checkpoint only."""
+    paths = write_inputs(tmp_path)
+    names = tables.read_selection(paths["selection"])
+    runs = tables.read_runs(
+        names, paths["configs"], paths["runs"], tables.read_labels(paths["data"])
+    )
+    best = tables.picked_on_val(runs)["epoch"]
+    for name in names:
+        assert runs.correct[name].test.ndim == 1
+        assert runs.correct[name].epoch == best[name]
+    assert set(zip(runs.per_class["experiment"], runs.per_class["epoch"], strict=True)) == {
+        (name, best[name]) for name in names
+    }
+
+
+def test_the_bootstrap_gives_the_same_numbers_however_runs_are_batched(monkeypatch):
+    rng = np.random.default_rng(2)
+    sets = [[[rng.random(200) < p for p in rng.uniform(0.3, 0.7, 5)]] for _ in range(6)]
+    picks = [[int(rng.integers(0, 5))] for _ in sets]
+    together = significance.picked_gaps(sets, picks)
+    monkeypatch.setattr(significance.PickedGapBootstrap, "BATCH", 1)
+    assert significance.picked_gaps(sets, picks) == together
+    alone = [significance.picked_gap(s[0], p[0]) for s, p in zip(sets, picks, strict=True)]
+    assert alone == together
