@@ -142,6 +142,12 @@ def write_inputs(
 
 def _write_run(run: Path, name: str, exp: config.Experiment, results: dict) -> None:
     epochs = exp.train["epochs"]
+    saved = exp.checkpoint_epochs
+    stopped = {}
+    if "stopped_early" in results:  # as training writes a run that early stopping ended
+        epochs = results["stopped_early"]
+        saved = sorted({*(e for e in saved if e <= epochs), epochs})
+        stopped = {"stopped_early": {"epoch": epochs, "best_epoch": 1, "best_val_acc": 50.0}}
     io.write_record(
         run / "config.json",
         {
@@ -150,10 +156,11 @@ def _write_run(run: Path, name: str, exp: config.Experiment, results: dict) -> N
             "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
             "num_classes": len(CLASSES),
             "image_size": IMAGE_SIZE,
-            "checkpoint_epochs": exp.checkpoint_epochs,
+            "checkpoint_epochs": saved,
             "device": "cpu",
             "precision": "fp32",
             "code_version": "0.1.0+test",
+            **stopped,
         },
     )
     history = ["epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds,images_per_second"]
@@ -174,7 +181,7 @@ def _write_run(run: Path, name: str, exp: config.Experiment, results: dict) -> N
         pass
 
     with manifest.folder(run / "eval") as tmp:
-        for e in exp.checkpoint_epochs:
+        for e in saved:
             io.write_json(tmp / f"epoch_{e:03d}.json", _evaluation(name, e, exp, results))
             kinds = {"val_plain": "val", "test_plain": "test"}
             if results["tta"]:

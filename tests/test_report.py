@@ -686,3 +686,18 @@ def test_tensorboard_shows_every_row_with_its_settings_and_results(report):
             assert values["ladder/test_acc_tta"] == pytest.approx(row["test_acc_tta"], abs=1e-4)
     assert sessions["a"]["hparams"]["model.dropout"] == pytest.approx(0.6)
     assert sessions["b"]["hparams"]["model.dropout"] == pytest.approx(0.7)
+
+
+def test_a_run_early_stopping_ended_says_where_and_is_read_at_the_checkpoints_it_saved(tmp_path):
+    results = {"c": {**RESULTS["c"], "stopped_early": 2}}  # c asks for 3 epochs, stopped at 2
+    out = tmp_path / "out"
+    build_report(**write_inputs(tmp_path, results=results), out=out)
+    ladder = pd.read_csv(out / "ladder.csv", keep_default_na=False, na_values=[""])
+    assert ladder["stopped_early"][:2].isna().all()  # a and b ran every epoch
+    assert ladder.loc[2, "stopped_early"] == 2
+    assert ladder.loc[2, "epochs"] == 3
+    assert ladder.loc[2, "best_epoch"] == 2  # the best of the checkpoints it saved (1 and 2)
+    checkpoints = pd.read_csv(out / "checkpoints.csv")
+    assert checkpoints.loc[checkpoints["experiment"] == "c", "epoch"].tolist() == [1, 2]
+    assert "stopped at 2" in (out / "index.html").read_text()
+    assert "of 3 stopped at 2" in (out / "report.md").read_text()

@@ -238,14 +238,15 @@ def _seed_figure() -> Column:
 
 
 def _epoch_figure() -> Column:
-    """The val-picked epoch, of how many."""
-    return _figure(
-        "epoch",
-        OURS,
-        lambda row: _int(row["best_epoch"]),
-        lambda row: [(f"of {_int(row['epochs'])}", "")],
-        unit="",
-    )
+    """The val-picked epoch, of how many; where early stopping ended the run."""
+
+    def notes(row: pd.Series) -> list[tuple[str, str]]:
+        stopped = row["stopped_early"]
+        if pd.isna(stopped):
+            return [(f"of {_int(row['epochs'])}", "")]
+        return [(f"of {_int(row['epochs'])}", ""), (f"stopped at {_int(stopped)}", "")]
+
+    return _figure("epoch", OURS, lambda row: _int(row["best_epoch"]), notes, unit="")
 
 
 # The ladder table: 11 columns, so that it fits a 1280 px window; the test-picked numbers, which

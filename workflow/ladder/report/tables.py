@@ -58,7 +58,9 @@ LADDER_COLUMNS: dict[str, str] = {
     "test_picked_epoch are the experiment's own",
     "replicate_names": "the seed replicates folded into this row, space-separated; empty "
     "without (each is an experiment of its own in checkpoints.csv)",
-    "epochs": "epochs trained",
+    "epochs": "epochs the settings ask for",
+    "stopped_early": "the epoch early stopping (`early_stopping`) ended the run at, its last "
+    "checkpoint; empty: it ran every epoch. The experiment's own, with seed replicates",
     "best_epoch": "the val-picked checkpoint: highest val accuracy, ties to the earliest epoch",
     "train_acc": "train accuracy (%) in that epoch (running, over augmented batches: no interval)",
     "val_acc": "val accuracy (%) at the val-picked checkpoint",
@@ -600,6 +602,7 @@ def ladder_table(runs: Runs) -> pd.DataFrame:
                 "replicates": len(members),
                 "replicate_names": " ".join(members[1:]),
                 "epochs": runs.settings[name]["epochs"],
+                "stopped_early": runs.run[name].get("stopped_early", {}).get("epoch"),
                 "best_epoch": best.loc[name, "epoch"],
                 **means.loc[name].to_dict(),
                 **_versus_parent(runs, best, means, name),
@@ -611,7 +614,8 @@ def ladder_table(runs: Runs) -> pd.DataFrame:
             }
         )
     ints = [
-        "rung", "replicates", "epochs", "best_epoch", "ref_test_picked_epoch", "test_picked_epoch"
+        "rung", "replicates", "epochs", "stopped_early", "best_epoch", "ref_test_picked_epoch",
+        "test_picked_epoch",
     ]  # fmt: skip
     refs = [c for c in LADDER_COLUMNS if c.startswith("ref_") and c not in ints]  # None -> NaN
     table = pd.DataFrame(rows, columns=list(LADDER_COLUMNS))
