@@ -1,8 +1,9 @@
-"""Time `ladder report` on the whole ladder: params.yaml's 26 experiments with their 885
-checkpoints, 20,000 val and 10,000 test images of 200 classes, every checkpoint evaluated with
-its per-image predictions (eval/epoch_NNN.npz) as `ladder evaluate` writes them; with
-`--experiments 26 100 300 1000`, ladders of that many experiments (the ladder repeated, each
-copy with a seed of its own) and the growth exponent of CPU time and peak memory.
+"""Time `ladder report` on the whole ladder: params.yaml's experiments with their checkpoints (26
+and 885 for the numbers in BENCHMARKS.md; 30 since the modern branch), 20,000 val and 10,000 test
+images of 200 classes, every checkpoint evaluated with its per-image predictions
+(eval/epoch_NNN.npz) as `ladder evaluate` writes them; with `--experiments 26 100 300 1000`,
+ladders of that many experiments (the ladder repeated, each copy with a seed of its own) and the
+growth exponent of CPU time and peak memory.
 
 Builds the inputs once in a temporary folder (the files configure, train and evaluate would
 write; synthetic numbers), then times `build_report` in a fresh process for each code tree: this
