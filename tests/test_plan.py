@@ -288,6 +288,40 @@ def test_model_costs_are_counted_once_and_a_counted_plan_imports_no_torch(tmp_pa
     assert again["plan"] == json.loads(json.dumps(first))
 
 
+def test_every_model_s_flops_are_counted_and_ordered_plausibly():
+    """What `ladder plan` counts (flops.model_cost, on `meta`) for every registry model: positive,
+    bigger for the bigger members of a family, near torchvision's own figures, and undoing the
+    first halving of resolution makes everything after it cost four times as much."""
+    from ladder.model_registry import MODELS
+
+    def unstrided_forward(name: str) -> int:  # an inference pass only: half the time
+        with torch.device("meta"):
+            model = models.build(plan._resolved_model({"name": name, "unstride": 1}), 200, 64)
+            x = torch.empty(1, 3, 64, 64)
+        with flops.counter() as counter, torch.no_grad():
+            model.eval()(x)
+        return counter.get_total_flops()
+
+    forward = {}
+    for name in MODELS:
+        plain = flops.model_cost(plan._resolved_model({"name": name}), 200, 64, 1)
+        assert plain.train_step > 2 * plain.forward_image > 0, name  # backward costs about 2x
+        forward[name] = plain.forward_image
+        if name != "mynet":
+            # (not quite 4: the classifier's cost stays; a sixth of mobilenet_v3_small's)
+            assert 3.3 < unstrided_forward(name) / plain.forward_image < 4.01, name
+    for family in (
+        ["resnet18", "resnet34", "resnet50", "wide_resnet50_2"],
+        ["resnet50", "resnext50_32x4d", "wide_resnet50_2"],  # same depth, wider
+        ["regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf"],
+        ["mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "convnext_tiny"],
+    ):
+        assert [forward[n] for n in family] == sorted(forward[n] for n in family), family
+    # torchvision's own figures at 224x224 (GFLOPs, multiply-adds), scaled to 64x64
+    for name, gmacs in [("resnet50", 4.09), ("convnext_tiny", 4.46), ("regnet_y_400mf", 0.40)]:
+        assert forward[name] / 2 / 1e9 == pytest.approx(gmacs * (64 / 224) ** 2, rel=0.1), name
+
+
 def test_early_stopping_rows_are_at_most_and_say_where_a_finished_run_stopped(tmp_path):
     stop = {"patience": 2}
     exps = {"a": {"epochs": 6, "early_stopping": stop}, "b": {"epochs": 6, "early_stopping": stop}}

@@ -88,7 +88,9 @@ def test_unstride_values_are_the_entrys(name):
         if n in entry.unstride:
             assert resolve(model={"name": name, "unstride": n})["model"]["unstride"] == n
         else:
-            refusal = re.escape(f"model.unstride: {n} {entry.unstride_refusal}; {name} allows")
+            too_many = "is more halvings of resolution than the model has"
+            why = entry.unstride_refusal if n < max(entry.unstride) else too_many
+            refusal = re.escape(f"model.unstride: {n} {why}; {name} allows")
             with pytest.raises(ConfigError, match=refusal):
                 resolve(model={"name": name, "unstride": n})
 

@@ -660,7 +660,7 @@ def _check_model(model: dict, where: str) -> None:
     unstride = model.get("unstride")
     if unstride is not None and unstride not in entry.unstride:
         raise ConfigError(
-            f"{where}.model.unstride: {unstride} {entry.unstride_refusal}; {name} allows "
+            f"{where}.model.unstride: {unstride} {entry.unstride_refused(unstride)}; {name} allows "
             f"{_values(entry.unstride)}"
         )
     shakedrop = model.get("shakedrop", {})

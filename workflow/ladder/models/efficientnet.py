@@ -15,4 +15,4 @@ def build(settings: dict, num_classes: int, image_size: int) -> nn.Module:
     model = torchvision.models.efficientnet_v2_s(
         weights=None, num_classes=num_classes, dropout=settings["dropout"]
     )
-    return small_image.variant(model, settings, shakedrop.add_to_efficientnet)
+    return small_image.variant(model, settings, shakedrop.add_to_efficientnet, head_dropout=False)

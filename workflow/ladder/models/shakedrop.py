@@ -53,11 +53,20 @@ def add_to_efficientnet(model: nn.Module, p_drop: float, stages: list[int]) -> i
     return count
 
 
+def branch_end(block: nn.Module) -> str:
+    """The last batch norm of a torchvision ResNet block's residual branch, before the
+    addition: bn2 in a BasicBlock (ResNet-18/34), bn3 in a Bottleneck (ResNet-50, Wide-ResNet,
+    ResNeXt)."""
+    return "bn3" if hasattr(block, "bn3") else "bn2"
+
+
 def add_to_resnet(model: nn.Module, p_drop: float, stages: list[int]) -> int:
-    """Scale each BasicBlock's residual branch (the output of bn2, before the addition)."""
+    """Scale each block's residual branch (the output of its last batch norm, before the
+    addition)."""
     count = 0
     for stage in stages:
         for block in getattr(model, f"layer{stage}"):
-            block.bn2 = nn.Sequential(block.bn2, ShakeDrop(p_drop))
+            name = branch_end(block)
+            setattr(block, name, nn.Sequential(getattr(block, name), ShakeDrop(p_drop)))
             count += 1
     return count
