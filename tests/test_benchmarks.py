@@ -172,6 +172,7 @@ def test_a_failed_measurement_is_reported_and_the_others_still_run(
     monkeypatch.setattr(bench, "ours", broken)
     monkeypatch.setattr(bench, "concurrent", lambda jobs, *_: 50.0 * jobs)
     monkeypatch.setattr(bench, "tta_seconds", broken)
+    monkeypatch.setattr(bench, "augment_seconds", lambda *_: 2e-5)
     out = tmp_path / "r.json"
     results = bench.main(["--device", "cpu", "--models", "resnet18_small", "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
@@ -185,6 +186,7 @@ def test_a_failed_measurement_is_reported_and_the_others_still_run(
     assert [(r["speedup"], r["tflops"]) for r in seed] == [(1.0, 0.1), (1.0, 0.1)]
     assert [c["speedup"] for c in results["concurrent"]] == [0.5, 1.0, 2.0]
     assert results["tta_seconds"] is None
+    assert {a["us_per_image"] for a in results["augment"]} == {20.0}
     printed = capsys.readouterr().out
     assert "FAILED resnet18_small batch 32 eager: RuntimeError: out of memory" in printed
     assert "3 measurement(s) failed" in printed
