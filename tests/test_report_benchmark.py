@@ -12,7 +12,8 @@ from conftest import REPO
 from report_fixtures import PARAMS
 
 
-def test_report_benchmark_runs_on_small_data(tmp_path):
+def run_benchmark(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """benchmarks/report.py on the fixture's ladder, this tree as both trees, at small shapes."""
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(PARAMS))
     workflow = str(REPO / "workflow")
@@ -20,8 +21,9 @@ def test_report_benchmark_runs_on_small_data(tmp_path):
         [
             sys.executable,
             str(REPO / "benchmarks" / "report.py"),
-            *("--params", str(params), "--before", workflow, "--repeat", "1"),
+            *("--params", str(params), "--before", workflow),
             *("--shape", "4", "200", "100", "400", "16"),
+            *args,
         ],
         env={**os.environ, "PYTHONPATH": workflow, "OMP_NUM_THREADS": "1"},
         capture_output=True,
@@ -30,7 +32,11 @@ def test_report_benchmark_runs_on_small_data(tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.splitlines()
+    return done
+
+
+def test_report_benchmark_runs_on_small_data(tmp_path):
+    lines = run_benchmark(tmp_path, "--repeat", "1").stdout.splitlines()
     assert (
         "inputs: 3 experiments, 9 checkpoints, 200 val / 100 test images, 4 classes" in (lines[1])
     )
@@ -42,24 +48,7 @@ def test_report_benchmark_runs_on_small_data(tmp_path):
 def test_report_benchmark_scales_the_ladder_and_prints_the_growth(tmp_path):
     """--experiments: ladders of 3 and 5 experiments (the fixture's three, then a copy cut
     short), the before tree only up to 3, and each tree's growth exponent."""
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(PARAMS))
-    workflow = str(REPO / "workflow")
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "report.py"),
-            *("--params", str(params), "--before", workflow, "--before-max", "3"),
-            *("--experiments", "3", "5", "--shape", "4", "200", "100", "400", "16"),
-        ],
-        env={**os.environ, "PYTHONPATH": workflow, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
+    out = run_benchmark(tmp_path, "--before-max", "3", "--experiments", "3", "5").stdout
     assert "3 experiments, 9 checkpoints" in out
     assert "5 experiments, 15 checkpoints" in out
     assert "before: not run (--before-max 3)" in out
