@@ -49,7 +49,7 @@ from ladder import augment, config, evaluate, flops, io, models
 from ladder.augment import Normalize
 from ladder.augment_registry import OPS
 from ladder.loader import DeviceSplit
-from ladder.train import Learner, _mixer
+from ladder.train import Learner, build_mixer
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -281,7 +281,7 @@ def augment_seconds(name: str, batch: int, args, device) -> float:
     aug, mix = augmentations()[name]
     exp = {"augment": aug, "mix": mix}
     s = config.Params.from_dict({"experiments": {"x": exp}}).experiments["x"].train
-    augmenter, mixer = augment.Augment(s["augment"]), _mixer(s["mix"], args.classes)
+    augmenter, mixer = augment.Augment(s["augment"]), build_mixer(s["mix"], args.classes)
     norm = Normalize([0.5] * 3, [0.5] * 3).to(device)
     x, y = synthetic(batch * SPLIT_BATCHES, args.image_size, args.classes)
     batches = endless_batches(DeviceSplit(x, y, device), batch)

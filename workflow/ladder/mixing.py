@@ -37,25 +37,19 @@ class Draw:
 
 
 class Mixer:
-    """An experiment's `mix` settings as a batch transform."""
+    """An experiment's `mix` settings as a batch transform; built only for settings that mix
+    (ladder.augment_registry.mixes), whose resolved form has `p`, and `switch_p` where both
+    kinds are on (ladder.config prunes the settings that do not apply)."""
 
     def __init__(self, settings: dict, num_classes: int):
         self.mixup_alpha = settings["mixup_alpha"]
         self.cutmix_alpha = settings["cutmix_alpha"]
-        # Settings that do not apply are pruned from the resolved ones (ladder.config): `p`
-        # when neither is on, `switch_p` unless both are.
-        self.p = settings.get("p", 0.0)
+        self.p = settings["p"]
         self.switch_p = settings.get("switch_p")
         self.num_classes = num_classes
 
-    @property
-    def is_identity(self) -> bool:
-        return self.p == 0 or (self.mixup_alpha == 0 and self.cutmix_alpha == 0)
-
     def draw(self, seed: int, step: int, height: int, width: int) -> Draw:
         """The mixing of step `step` of the epoch whose seed is `seed`."""
-        if self.is_identity:
-            return Draw()
         rng = np.random.default_rng([seed, step])
         if rng.random() >= self.p:
             return Draw()

@@ -327,7 +327,7 @@ def _trained(paths: _Paths, exp, run_config: dict, session: Session | None):
     state = "outdated" if found else "done"
     status = ExperimentStatus(exp.name, state, trained, exp.train["epochs"], changes=found)
     status.evaluation = evaluation(paths.root, exp, run_config)
-    if stopped:
+    if stopped:  # where, and what it saved
         status.detail = (
             f"stopped early after epoch {stopped['epoch']} (best val {stopped['best_val_acc']:.2f}%"
             f" at epoch {stopped['best_epoch']}); checkpoints of epochs "

@@ -184,7 +184,7 @@ class Learner:
             opt=opt,
             schedule=optim.Schedule(opt, settings["schedule"], settings["epochs"], steps_per_epoch),
             augmenter=augment.Augment(settings["augment"]),
-            mixer=_mixer(settings["mix"], num_classes),
+            mixer=build_mixer(settings["mix"], num_classes),
             norm=augment.Normalize(**normalization).to(device),
             criterion=nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"]),
             device=device,
@@ -246,7 +246,7 @@ class Learner:
         self.schedule.load_state_dict(state["schedule"])
 
 
-def _mixer(mix: dict, num_classes: int):
+def build_mixer(mix: dict, num_classes: int):
     """Batch mixing, or None; imported only when used: its code is in the code record of the
     experiments that mix only (ladder.augment_registry)."""
     if not augment_registry.mixes(mix):
