@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import getpass
+import math
 import os
 import re
 import shlex
@@ -289,16 +290,27 @@ def test_a_training_job_stopped_by_slurm_resumes_mid_epoch(cluster, tmp_path):
     log = project.path("logs/train/small.log")  # the job's own log, as the rule writes it
     stopped = r"small: stopped by SIGTERM at epoch (\d+), step (\d+) of (\d+); resumes there"
 
-    # 1. Three minutes of run time: the profile's --signal has SLURM send SIGTERM up to two
-    # minutes early (its own resolution adds up to one), so training stops and saves its place
-    # before SLURM's time limit would (TERM, then KILL after KillWait) end the job. (The test's
+    # 1. SLURM's time limit, near: the profile's --signal has SLURM send SIGTERM two minutes
+    # early (its own resolution adds up to one), so training stops and saves its place before
+    # SLURM's time limit would (TERM, then KILL after KillWait) end the job. (The test's
     # --set-resources replaces the profile's: its slurm_extra is passed on from the profile.)
     profile = yaml.safe_load(project.path("profiles/slurm/config.yaml").read_text())
     early_signal = f"train:slurm_extra={profile['set-resources']['train']['slurm_extra']}"
-    proc = project.snakemake(
-        target, *slurm_args("train:runtime=3", early_signal), check=False, expected=150
-    )
-    assert proc.returncode != 0
+    output = (tmp_path / "first.log").open("w")
+    first_run = subprocess.Popen(
+        ["snakemake", "--cores", "2", target, *slurm_args(early_signal)],
+        cwd=project.root, env=project.env(), stdout=output, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    job, started = running_job("the training job"), time.monotonic()
+    wait_for(lambda: log.exists() and " epoch 1/" in log.read_text(), "training to run", 20)
+    # Once training runs, the job's limit becomes 90-150 s from now (SLURM's limits are whole
+    # minutes): the signal is due at once, and slurmctld sends it at its next time-limit check
+    # (every 30 s), rather than a minute or more into a job submitted with a short limit. (The
+    # job started at most a poll, 0.2 s, before `started`.)
+    minutes = math.ceil((time.monotonic() - started + 1 + 90) / 60)
+    assert run("scontrol", "update", f"JobId={job}", f"TimeLimit={minutes}").returncode == 0
+    assert finish(first_run, "Snakemake, its job stopped by SLURM", expected=60) != 0
+    output.close()
     text = log.read_text()
     assert "received SIGTERM: stopping at the next safe point" in text
     first = last(stopped, text)
