@@ -11,8 +11,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ladder import augment
-from ladder.augments import affine, blur, erase, hflip, rotate, solarize, translate
+from ladder import augment, augment_registry
+from ladder.augments import (
+    affine,
+    autoaugment,
+    blur,
+    erase,
+    hflip,
+    randaugment,
+    rotate,
+    solarize,
+    translate,
+    trivialaugment,
+)
 from scipy import stats
 from torchvision.transforms import v2
 
@@ -22,14 +33,8 @@ ALPHA = 1e-3  # fixed seeds: a p-value below this would be a real difference, no
 
 
 def settings(**ops) -> dict:
-    base = {
-        "hflip": 0.0,
-        "translate": {"p": 0.0},
-        "rotate": {"p": 0.0},
-        "blur": {"p": 0.0},
-        "solarize": {"p": 0.0},
-        "erase": {"p": 0.0},
-    }
+    """Every op of the registry off, but those given."""
+    base = {op.name: 0.0 if op.bare else {"p": 0.0} for op in augment_registry.OPS}
     return {**base, **ops}
 
 
@@ -233,7 +238,7 @@ def test_identity_settings_only_rescale():
 
 def reference_pipeline(images: torch.Tensor, s: dict, g: torch.Generator) -> torch.Tensor:
     """The pipeline as augment.py spelled it out before the op table: the op functions called
-    directly, in the order flip, translate, rotate, blur, solarize, erase."""
+    directly, in the order flip, translate, rotate, blur, solarize, the policies, erase."""
     x = images.float().div_(255)
     n = len(x)
     if s["hflip"] > 0:
@@ -249,6 +254,10 @@ def reference_pipeline(images: torch.Tensor, s: dict, g: torch.Generator) -> tor
         x = blur.blur(x, s["blur"]["p"], s["blur"]["kernel"], s["blur"]["sigma"], g)
     if s["solarize"]["p"] > 0:
         x = solarize.solarize(x, s["solarize"]["p"], s["solarize"]["threshold"], g)
+    for policy in (randaugment, trivialaugment, autoaugment):
+        setting = s[policy.__name__.rpartition(".")[2]]
+        if setting["p"] > 0:
+            x = policy.apply(x, setting, g)
     if s["erase"]["p"] > 0:
         x = erase.erase(x, s["erase"], g)
     return x
@@ -261,6 +270,9 @@ EXACT = {
         rotate={"p": 0.6, "degrees": 20.0},
         blur={"p": 0.5, "kernel": 3, "sigma": [0.1, 2.0]},
         solarize={"p": 0.5, "threshold": 0.4},
+        randaugment={"p": 0.5, "ops": 2, "magnitude": 9, "bins": 31},
+        trivialaugment={"p": 0.5, "bins": 31},
+        autoaugment={"p": 0.5, "policy": "imagenet"},
         erase=ERASE | {"p": 0.5},
     ),
     "some": settings(

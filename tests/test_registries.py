@@ -144,10 +144,12 @@ def test_an_op_keeps_its_entrys_settings_when_on_and_only_p_when_off(op):
 
 
 def test_the_pipeline_order_is_the_seeds():
-    """flip, translate, rotate, blur, solarize, then erasing (as the recipes that use it):
-    results depend on the order."""
+    """flip, translate, rotate, blur, solarize, then the automatic policies (after the geometric
+    ops, as torchvision's reference recipes), then erasing (as the recipes that use it): results
+    depend on the order."""
     seed = ["hflip", "translate", "rotate", "blur", "solarize"]
-    assert [op.name for op in OPS] == [*seed, "erase"]
+    policies = ["randaugment", "trivialaugment", "autoaugment"]
+    assert [op.name for op in OPS] == [*seed, *policies, "erase"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,9 +6,8 @@ transform each op stands for (the ops: ladder/augments/, one module each). Image
 NCHW and leave as float32 in [0, 1]; `Normalize` follows.
 
 The ops and their order (as in the seed's pipelines: flip, translate, rotate, blur, solarize; then
-random erasing) are
-ladder.augment_registry's; each is a separate resampling like the torchvision transform it stands
-for.
+the automatic policies; then random erasing) are ladder.augment_registry's; each is a separate
+resampling like the torchvision transform it stands for.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The training augmentations, one entry each, in the order they are applied.
 
 ladder.augment's pipeline runs the ops in this order (flip, translate, rotate, blur, solarize, as in
-the seed's pipelines; then random erasing, last as in torchvision's and timm's recipes);
+the seed's pipelines; then the automatic policies, RandAugment, TrivialAugmentWide and
+AutoAugment, after the geometric ops as in torchvision's reference recipes; then random erasing,
+last as in torchvision's and timm's recipes);
 ladder.config derives from the entries which settings an op that is off keeps. The schema
 (params.schema.yaml) lists the ops and their settings, in this order, for users;
 tests/test_registries.py fails when the two disagree. Adding an op: an entry here, its module in
@@ -40,6 +42,7 @@ class Op:
 
 _COIN = "augments/common.py"
 _AFFINE = "augments/affine.py"
+_POLICY_OPS = ("augments/policy_ops.py", _AFFINE, _COIN)  # what the three policies share
 OPS: tuple[Op, ...] = (
     Op("hflip", "ladder.augments.hflip:apply", ("augments/hflip.py", _COIN), bare=True),
     Op(
@@ -65,6 +68,24 @@ OPS: tuple[Op, ...] = (
         "ladder.augments.solarize:apply",
         ("augments/solarize.py", _COIN),
         settings=("threshold",),
+    ),
+    Op(
+        "randaugment",
+        "ladder.augments.randaugment:apply",
+        ("augments/randaugment.py", *_POLICY_OPS),
+        settings=("ops", "magnitude", "bins"),
+    ),
+    Op(
+        "trivialaugment",
+        "ladder.augments.trivialaugment:apply",
+        ("augments/trivialaugment.py", *_POLICY_OPS),
+        settings=("bins",),
+    ),
+    Op(
+        "autoaugment",
+        "ladder.augments.autoaugment:apply",
+        ("augments/autoaugment.py", *_POLICY_OPS),
+        settings=("policy",),
     ),
     Op(
         "erase",

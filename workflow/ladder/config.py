@@ -645,6 +645,12 @@ def _check(train: dict, where: str) -> None:
     sigma = train["augment"]["blur"].get("sigma")
     if isinstance(sigma, list) and sigma[0] > sigma[1]:
         raise ConfigError(f"{where}.augment.blur.sigma: [min, max] with min <= max, got {sigma}")
+    rand = train["augment"]["randaugment"]
+    if rand.get("magnitude", 0) >= rand.get("bins", 1):
+        raise ConfigError(
+            f"{where}.augment.randaugment.magnitude: {rand['magnitude']} is not a bin of "
+            f"bins ({rand['bins']}): use 0 to {rand['bins'] - 1}, or raise bins"
+        )
     for key in ("scale", "ratio"):
         bounds = train["augment"]["erase"].get(key)
         if bounds is not None and bounds[0] > bounds[1]:
