@@ -340,3 +340,18 @@ def test_scheduler_benchmark_runs_both_rows(tmp_path):
                       re.M)  # fmt: skip
     assert [what for what, _, _ in rows] == ["full ladder, dry run", "demo, real run"]
     assert all(float(cpu) > 0 for _, cpu, _ in rows), result.stdout
+
+
+def test_planning_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
+    out = tmp_path / "planning.json"
+    args = ["--sizes", "2", "--json", str(out)]  # one size: each size costs 5 CPU-s of setup
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "planning.py"), *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["this checkout"]
+    assert set(rows) == {"snakemake -n", "dvc status"}
+    assert all(set(by_size) == {"2"} for by_size in rows.values()), rows
+    assert all(cpu > 0 for by_size in rows.values() for cpu in by_size.values()), rows
+    assert "exponent" in result.stdout
