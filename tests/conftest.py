@@ -59,6 +59,37 @@ def pytest_collection_modifyitems(items: list) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+# Each file's span in this run, for the next balancing: from the start of its first report (when
+# that report reached the controller, less its duration) to its last report; which worker ran
+# it; its tests' summed durations (setup, call, teardown). The file that ends last bounds the
+# suite's wall time.
+_SPANS: dict[str, list] = {}  # file -> [worker, first, last, summed durations]
+
+
+def pytest_runtest_logreport(report) -> None:
+    now = time.monotonic()
+    node = getattr(report, "node", None)  # xdist's worker, on the controller
+    worker = node.gateway.id if node is not None else "-"
+    span = _SPANS.setdefault(
+        report.nodeid.split("::")[0], [worker, now - report.duration, now, 0.0]
+    )
+    span[2] = now
+    span[3] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _SPANS:
+        return
+    write = terminalreporter.write_line
+    start = min(first for _, first, _, _ in _SPANS.values())
+    terminalreporter.section("test files by worker (seconds from the first test's start)")
+    write(f"{'worker':<7}{'start':>7}{'end':>7}{'summed':>8}  file")
+    for name, (worker, first, end, summed) in sorted(
+        _SPANS.items(), key=lambda kv: (kv[1][0], kv[1][1])
+    ):
+        write(f"{worker:<7}{first - start:>7.0f}{end - start:>7.0f}{summed:>8.0f}  {name}")
+
+
 def require_browser():
     """docs/screenshot.py (the browser the README's picture uses), once a headless Chromium and
     Selenium are there: the test is skipped without them, or fails where CI is set."""
