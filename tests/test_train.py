@@ -258,7 +258,7 @@ def _train_cmd(digits: Path, tmp: Path, settings_file: Path) -> list[str]:
 RESUMABLE = {
     "epochs": 3, "batch_size": 4, "log_every": 10,
     "model": {"name": "mynet", "blocks": 1, "width": 8, "dropout": 0.3},
-    "augment": {"hflip": 0.5, "translate": {"p": 0.5}},
+    "augment": {"hflip": 0.5, "translate": {"p": 0.5}, "randaugment": {"p": 0.5}},
     "mix": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "p": 0.8},
     "schedule": {"name": "onecycle"}, "ema": {"decay": 0.9},
 }  # fmt: skip

@@ -28,7 +28,7 @@ def test_the_seed_ladder_plans_every_stage(tmp_path):
     params = config.load(REPO / "params.yaml")
     counts = job_counts(out)
     assert counts["download"] == counts["prepare"] == counts["stats"] == counts["report"] == 1
-    assert counts["train"] == len(params.experiments) == 30
+    assert counts["train"] == len(params.experiments) == 31
     # One evaluation process per experiment, however many checkpoints it has.
     assert counts["evaluate"] == len(params.experiments)
     assert set(counts) == {"download", "prepare", "stats", "train", "evaluate", "report", "total"}
