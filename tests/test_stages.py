@@ -88,6 +88,8 @@ def dvc_disagreements(project: Project) -> list[str]:
         for exp in EXPERIMENTS if stage.foreach else [None]:
             name = f"{stage.name}@{exp}" if exp else stage.name
             want = expected_job(stage, exp, [])
+            at = (lambda p, exp=exp: p.replace("{exp}", exp)) if exp else (lambda p: p)
+            want["outputs"] = sorted(at(p) for out in stage.outs.values() for p in out.dvc_paths)
             want["inputs"] = sorted(
                 [
                     *want["inputs"],

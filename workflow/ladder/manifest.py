@@ -119,6 +119,13 @@ def read(folder: str | Path, track: bool = True) -> dict:
     folder = Path(folder)
     outer, inner = sibling(folder), folder / INNER
     if not folder.is_dir():
+        if outer.exists() and not stages.dvc_keeps_files(folder):
+            # A clone after `dvc pull`, or a user who freed the disk.
+            raise _damaged(
+                folder,
+                f"folder not found (DVC keeps only {outer}, not the files: `dvc pull` and "
+                "`dvc checkout` leave it out)",
+            )
         raise _damaged(folder, "folder not found")
     if not outer.exists() or not inner.exists():
         missing = outer if not outer.exists() else inner

@@ -157,7 +157,7 @@ def _made_with(root: Path, stage: stages.Stage, at) -> tuple[str, dict] | None:
     for out in stage.outs.values():
         path = at(out.path)
         if out.folder and out.manifest:
-            if not (root / stages.manifest(path)).exists():
+            if not (root / stages.manifest(path)).exists() or _not_here(root, path, out):
                 return None
             return stages.manifest(path), manifest.made_with(root / path)
         if out.provenance:
@@ -195,8 +195,9 @@ def refuse_touch(params: config.Params, root: Path, forced: dict[str, str]) -> N
     never = {
         path: "never made"
         for stage, _, at in _jobs(params)
-        for path in map(at, stage.out_paths)
-        if not (root / path).exists()
+        for out in stage.outs.values()
+        for path in map(at, out.paths)
+        if not (root / path).exists() and not _not_here(root, at(out.path), out)
     }
     stale = [f"{output}: {why}" for output, why in {**never, **forced}.items()]
     damaged = list(unverified(params, root).values())  # each with the command that rebuilds it
@@ -227,6 +228,8 @@ def unverified(params: config.Params, root: Path) -> dict[str, str]:
             folder = root / at(out.path)
             if not (out.folder and out.manifest and manifest.sibling(folder).exists()):
                 continue
+            if _not_here(root, at(out.path), out):
+                continue
             try:
                 manifest.verify(folder)
             except manifest.ManifestError as e:
@@ -248,6 +251,8 @@ def damaged_outputs(params: config.Params, root: Path) -> dict[str, str]:
         for out in stage.outs.values():
             path = at(out.path)
             paths = [path, stages.manifest(path)] if out.folder and out.manifest else [path]
+            if _not_here(root, path, out):
+                continue
             missing = [p for p in paths if not (root / p).exists()]
             # Missing while a job after it has results (a job killed after an edit, a folder
             # removed): Snakemake would not rerun it, and those results would pass for what
@@ -261,6 +266,15 @@ def damaged_outputs(params: config.Params, root: Path) -> dict[str, str]:
                 found[target] = problem
                 break
     return found
+
+
+def _not_here(root: Path, path: str, out: stages.Out) -> bool:
+    """A folder whose files DVC does not keep (stages.Out.dvc_files), absent while its manifest
+    is there: after `dvc pull` in a clone, or removed to free the disk. Its manifest stands for
+    it, so nothing after it reruns; a job that must read it says how to make it again."""
+    return (
+        not out.dvc_files and (root / stages.manifest(path)).exists() and not (root / path).exists()
+    )
 
 
 def _made_later(params: config.Params, root: Path):

@@ -98,14 +98,31 @@ class Out:
     dvc: str = "outs"  # outs | metrics: how DVC shows it (plots: PLOTS, below the table)
     record: bool = False  # a JSON record that carries its own digest (ladder.io.write_record)
     cache: bool = True  # DVC caches it (links to a user's folders it must not)
+    # DVC tracks the folder's files. False: only its manifest, which holds every file's digest
+    # already; DVC neither hashes nor caches the files (at ImageNet size, a million of them:
+    # minutes and gigabytes per commit, a minute per `dvc status`), so `dvc pull` and
+    # `dvc checkout` leave the folder out, and the stage makes it again when a reader needs it.
+    dvc_files: bool = True
     # It records what its job read, by digest ({"made_with": ...}; a folder's inner manifest
     # does the same), so that a plan can tell which results other settings made.
     provenance: bool = False
+
+    def __post_init__(self):
+        if not (self.dvc_files or (self.folder and self.manifest and self.cache)):
+            raise ValueError(
+                f"{self.path}: only a folder with a manifest DVC caches can be "
+                "kept out of DVC's cache file by file"
+            )
 
     @property
     def paths(self) -> list[str]:
         """The output, and its manifest where it has one."""
         return [self.path, manifest(self.path)] if self.folder and self.manifest else [self.path]
+
+    @property
+    def dvc_paths(self) -> list[str]:
+        """What DVC tracks of it (dvc.yaml's outs): a folder it does not keep, by its manifest."""
+        return self.paths if self.dvc_files else [manifest(self.path)]
 
 
 @dataclass(frozen=True)
@@ -185,7 +202,7 @@ STAGES: dict[str, Stage] = {
             cmd=_ladder("download", f"--settings {CONFIGS}/download.json --out {RAW}"),
             deps={"settings": f"{CONFIGS}/download.json"},
             dvc_deps=(f"{SOURCE}/path", f"{SOURCE}/test_path"),
-            outs={"raw": Out(RAW, folder=True)},
+            outs={"raw": Out(RAW, folder=True, dvc_files=False)},
             # The source's own files are not here: download.json records their digests
             # (ladder.config.source_code), so editing another source reruns nothing.
             code=_code("data/download.py", "data/sources.py", "data/sources_on_disk.py"),
@@ -379,19 +396,34 @@ def declared_plots() -> list[Plot]:
     return [plot for plot in PLOTS if plot.file in outputs]
 
 
-def writer(path: str | Path) -> tuple[Stage, str | None, str] | None:
-    """(the stage that writes `path`, its experiment, the file that stands for the output) for a
-    path inside a declared output (a folder's file, or a settings file), else None."""
+def _output(path: str | Path) -> tuple[Stage, Out, str | None] | None:
+    """(the stage, the output and its experiment) of a path inside a declared output."""
     path = Path(path).as_posix()
     for stage in STAGES.values():
         for out in stage.outs.values():
             pattern = re.escape(out.path).replace(re.escape("{exp}"), "(?P<exp>[^/]+)")
             m = re.fullmatch(f"{pattern}(/.+|{re.escape(manifest(''))})?", path)
             if m:
-                exp = m.groupdict().get("exp")
-                at = out.path.replace("{exp}", exp) if exp else out.path
-                return stage, exp, manifest(at) if out.folder and out.manifest else at
+                return stage, out, m.groupdict().get("exp")
     return None
+
+
+def writer(path: str | Path) -> tuple[Stage, str | None, str] | None:
+    """(the stage that writes `path`, its experiment, the file that stands for the output) for a
+    path inside a declared output (a folder's file, or a settings file), else None."""
+    found = _output(path)
+    if found is None:
+        return None
+    stage, out, exp = found
+    at = out.path.replace("{exp}", exp) if exp else out.path
+    return stage, exp, manifest(at) if out.folder and out.manifest else at
+
+
+def dvc_keeps_files(path: str | Path) -> bool:
+    """Whether DVC caches the files of the output holding `path` (Out.dvc_files), so that
+    `dvc pull` brings them."""
+    found = _output(path)
+    return found is None or found[1].dvc_files
 
 
 def regenerate(path: str | Path) -> str:
@@ -432,7 +464,10 @@ _DVC_HEADER = """\
 # `configure` stage resolves params.yaml into one settings file per stage and experiment; every
 # other stage depends on its own file, so an edit reruns exactly what it changes. Outputs are
 # `persist`: DVC leaves them in place until the stage's command replaces them (atomically), so a
-# stage that is refused (another engine at work, see README) or fails loses nothing.
+# stage that is refused (another engine at work, see README) or fails loses nothing. The raw
+# data's folder is tracked through its manifest alone (every file's digest is in it): DVC neither
+# hashes nor caches each raw image, and `dvc pull` leaves the folder out (README, "Versioning
+# with DVC").
 """
 
 
@@ -458,7 +493,7 @@ def dvc_stage(stage: Stage) -> dict:
         for out in stage.outs.values():
             if out.dvc != kind:
                 continue
-            for path in out.paths:
+            for path in out.dvc_paths:
                 flags = {"persist": True} if out.cache else {"cache": False, "persist": True}
                 entries.append({_dvc_path(path): flags})
         if entries:
