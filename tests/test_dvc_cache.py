@@ -1,16 +1,16 @@
-"""The DVC cache cannot be damaged through the workspace by a user who is not root.
+"""The DVC cache cannot be damaged through the workspace by a user who is not root, and holds
+what it records once on disk.
 
-With the shipped `cache.type = reflink,hardlink,copy` on a file system without reflinks (ext4),
-a file DVC checks out (`dvc pull`, `dvc checkout`) is a hard link to its cache object, and DVC
-makes the object, and so the link, read-only (0444). A write in place is refused; a rename over
-the link (what `ladder.io` does) replaces it and leaves the object alone. Root ignores file modes:
-these tests run DVC as a throwaway Unix user, made with `useradd`, which needs root (CI runs as
-root); elsewhere they are skipped.
+With the shipped `cache.type = hardlink,reflink,copy` on a file system without reflinks (ext4),
+a file DVC records (`dvc repro`, `dvc commit`) or checks out (`dvc pull`, `dvc checkout`) is a
+hard link to its cache object, and DVC makes the object, and so the link, read-only (0444). A
+write in place is refused; a rename over the link (what `ladder.io` does) replaces it and leaves
+the object alone. Root ignores file modes: these tests run DVC as a throwaway Unix user, made with
+`useradd`, which needs root (CI runs as root); elsewhere they are skipped.
 
-What DVC 3 does here (see the README, "Versioning with DVC"): the files of a folder output that
-`dvc repro` or `dvc commit` just recorded stay plain copies (with reflink before hardlink in
-cache.type, DVC takes a copy for a reflink and leaves it); single-file outputs are linked at once;
-`dvc checkout --relink`, `dvc pull` and `dvc checkout` of a missing file link them all.
+Why hardlink comes first (see the README, "Versioning with DVC"): DVC 3 links what it commits
+only when the first cache type is `hardlink`; with `reflink` first it takes a plain copy for a
+reflink and keeps it, so on ext4 every committed file was on disk twice.
 """
 
 from __future__ import annotations
@@ -263,12 +263,10 @@ def test_outputs_dvc_just_recorded_cannot_reach_the_cache(project, record):
     recorded = project.recorded()
     assert len(recorded) == 3
     for rel, digest in recorded.items():
-        # Each file is either its own copy, or a link the user cannot write.
-        if project.is_link(rel, digest):
-            assert mode(project.path(rel)) == 0o444, rel
-            assert project.damage(rel) == "refused", rel
-        else:
-            assert project.damage(rel) == "written", rel  # a copy: damaged alone
+        # Once on disk: a link to the cache object, which the user cannot write.
+        assert project.is_link(rel, digest), rel
+        assert mode(project.path(rel)) == 0o444, rel
+        assert project.damage(rel) == "refused", rel
     project.assert_cache_intact(recorded)
     project.run("dvc", "checkout", "--force", expected=5)
     project.assert_workspace_is(recorded)
