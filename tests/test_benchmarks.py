@@ -355,3 +355,27 @@ def test_planning_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
     assert all(set(by_size) == {"2"} for by_size in rows.values()), rows
     assert all(cpu > 0 for by_size in rows.values() for cpu in by_size.values()), rows
     assert "exponent" in result.stdout
+
+
+@pytest.mark.slow  # about 35 CPU-s: four scratch DVC projects, each importing and preparing
+def test_dvc_data_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
+    out = tmp_path / "dvc_data.json"
+    args = ["--work", str(tmp_path / "work"), "--sizes", "100,150", "--before", str(REPO),
+            "--json", str(out)]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "dvc_data.py"), *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert set(rows) == {"this checkout", f"before ({REPO})"}
+    for by_size in rows.values():
+        assert set(by_size) == {"100", "150"}
+        for row in by_size.values():
+            assert row["dvc status CPU-s"] > 0, row
+            assert row["disk MB"] > 0, row
+            # Linked to the data store (results/cache/data) at least, and, this checkout's, to
+            # the dataset folder and DVC's cache where the file system has hard links.
+            assert row["raw image links"] >= 2, row
+            assert row["prepared array links"] >= 2, row
+    assert result.stdout.count("per 1000") == 2
