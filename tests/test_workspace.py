@@ -377,6 +377,19 @@ def test_an_experiment_name_that_cannot_be_a_file_name_is_refused_by_both_engine
 # The code a result was made with
 
 
+def experiment_ref(project: Project, name: str, seconds: float) -> None:
+    """Waits up to `seconds` for the Git ref DVC gives a finished experiment (refs/exps/<baseline
+    commit>/<name>), a poll of milliseconds: `dvc queue status` costs a CPU-second, taken from the
+    experiment it waits for. A failed experiment gets none: the caller asks DVC every `seconds`."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        refs = project.run("git", "for-each-ref", "--format=%(refname)", "refs/exps").stdout
+        if any(ref.endswith(f"/{name}") for ref in refs.split()):
+            time.sleep(1)  # there already: DVC's status follows in a moment
+            return
+        time.sleep(0.2)
+
+
 def test_a_queued_dvc_experiment_runs_the_code_it_was_queued_with(project):
     """A new rung queued as the README writes it (`++`: a key params.yaml does not have), the
     code edited before the queue starts: the experiment runs, and records, the queued code, and
@@ -394,7 +407,7 @@ def test_a_queued_dvc_experiment_runs_the_code_it_was_queued_with(project):
         "dvc", "queue", "status"
     ).stdout):  # fmt: skip
         deadline.check()
-        time.sleep(1)
+        experiment_ref(project, "queued", seconds=10)
     assert "Success" in status, project.run("dvc", "queue", "logs", "queued", check=False).stdout
     project.run("git", "checkout", "--", "workflow")  # the edit is not what we apply
     project.run("dvc", "exp", "apply", "queued", expected=30)
