@@ -2,10 +2,9 @@
 AutoAugment), for a batch in which every image has its own op and magnitude.
 
 Each op is what torchvision.transforms.v2's policies do to one float image
-(_AutoAugmentBase._apply_image_or_video_transform: nearest-neighbour, zero fill); here the whole
-batch goes through every op once and each image keeps its own op's result, so a batch takes a
-fixed number of device calls whatever its draws (no per-op indexing, no host sync).
-tests/test_augment_policies.py checks each op, image by image, against torchvision's.
+(_AutoAugmentBase._apply_image_or_video_transform: nearest-neighbour, zero fill), with a
+magnitude per image. tests/test_augment_policies.py checks each op, image by image, against
+torchvision's.
 
 The magnitude tables and AutoAugment's sub-policies are torchvision's own (read from its classes,
 `space` and `subpolicies` below), so the settings mean exactly what they mean there.
@@ -19,26 +18,6 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from ladder.augments.affine import inverse_matrix, warp
-
-NAMES = (
-    "Identity",
-    "ShearX",
-    "ShearY",
-    "TranslateX",
-    "TranslateY",
-    "Rotate",
-    "Brightness",
-    "Color",
-    "Contrast",
-    "Sharpness",
-    "Posterize",
-    "Solarize",
-    "AutoContrast",
-    "Equalize",
-    "Invert",
-)
-ID = {name: i for i, name in enumerate(NAMES)}
-_SHARPEN = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13  # torchvision's
 
 
 def space(transform: type, bins: int, height: int, width: int) -> tuple[torch.Tensor, ...]:
@@ -59,71 +38,129 @@ def draw_sign(magnitude: torch.Tensor, signed: torch.Tensor, g: torch.Generator)
     return torch.where(flip, -magnitude, magnitude)
 
 
-def apply_ops(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+def apply_ops(
+    x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor, gather: bool | None = None
+) -> torch.Tensor:
     """x (n, C, H, W) float in [0, 1]; op (n,) ids into NAMES; magnitude (n,) float, signed as
-    torchvision passes it to the op. Returns each image with its op applied."""
-    out = _geometric(x, op, magnitude)
-    out = _blend(out, op, magnitude)
-    m = magnitude[:, None, None, None]
-    levels = torch.exp2(torch.trunc(m))  # Posterize: int(magnitude) bits
-    posterized = (out * levels).floor().clamp(min=0).minimum(levels - 1) * (1 / levels)
-    choices = {
-        "Posterize": posterized,
-        "Solarize": torch.where(out >= m, 1.0 - out, out),
-        "AutoContrast": F.autocontrast(out),
-        "Equalize": F.equalize(out),
-        "Invert": 1.0 - out,
-    }
-    for name, result in choices.items():
-        out = torch.where((op == ID[name])[:, None, None, None], result, out)
+    torchvision passes it to the op. Returns each image with its own op applied.
+
+    Two ways to the same images (tested equal): `gather` (the default on the CPU) runs each op on
+    the images that drew it only; otherwise (the default on a GPU) every op runs on the whole
+    batch and each image keeps its own op's result: more arithmetic, but a fixed number of device
+    calls and no host sync (which indexing by op would need) in the training step."""
+    if gather is None:
+        gather = x.device.type == "cpu"
+    if gather:
+        out = x.clone()
+        for i in torch.unique(op).tolist():
+            if i != ID["Identity"]:
+                rows = (op == i).nonzero()[:, 0]
+                out[rows] = OPS[NAMES[i]](x[rows], magnitude[rows])
+        return out
+    out = x
+    for name, fn in OPS.items():
+        if name != "Identity":
+            chosen = (op == ID[name])[:, None, None, None]
+            out = torch.where(chosen, fn(x, magnitude), out)
     return out
 
 
-def _geometric(x: torch.Tensor, op: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """ShearX/Y (F.affine, shear atan(m) in degrees about the top-left corner), TranslateX/Y
-    (F.affine, int(m) pixels), Rotate (F.rotate by m, that is F.affine by -m): one warp."""
-    h, w = x.shape[-2:]
-    zero = torch.zeros_like(m)
-    shear = torch.atan(m.double()) * (180 / math.pi)  # in float64, as torchvision's Python floats
-    sheared_x, sheared_y = op == ID["ShearX"], op == ID["ShearY"]
-    angle = torch.where(op == ID["Rotate"], -m, zero)
-    shift = torch.stack(
-        [
-            torch.where(op == ID["TranslateX"], torch.trunc(m), zero),
-            torch.where(op == ID["TranslateY"], torch.trunc(m), zero),
-        ],
-        -1,
-    )
-    shears = torch.stack(
-        [torch.where(sheared_x, shear, 0.0), torch.where(sheared_y, shear, 0.0)], -1
-    )
-    corner = torch.tensor([-w / 2, -h / 2], dtype=m.dtype, device=m.device)
-    centre = torch.where((sheared_x | sheared_y)[:, None], corner, 0.0)
-    moved = torch.isin(op, torch.tensor([ID[k] for k in NAMES[1:6]], device=op.device))
-    warped = warp(x, inverse_matrix(angle, shift, shears, centre))
-    return torch.where(moved[:, None, None, None], warped, x)
+# ----------------------------------------------------------------------------------------------
+# The ops: (images (n, C, H, W), magnitudes (n,)) -> images
 
 
-def _blend(x: torch.Tensor, op: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Brightness, Color, Contrast, Sharpness: torchvision's blend of the image with a degenerate
-    one (black; its greyscale; its mean grey level; its 3x3 blur inside a 1-pixel border) by
-    factor 1 + m, clipped to [0, 1]; one blend, each image with its own op's degenerate image."""
+def _per_image(m: torch.Tensor) -> torch.Tensor:
+    return m[:, None, None, None]
+
+
+def _shear(axis: int):
+    """F.affine with shear atan(m) in degrees along `axis`, about the top-left corner."""
+
+    def shear(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        degrees = torch.atan(m.double()) * (180 / math.pi)  # float64, as torchvision's floats
+        shears = torch.zeros(len(m), 2, dtype=torch.float64, device=m.device)
+        shears[:, axis] = degrees
+        corner = torch.tensor([[-w / 2, -h / 2]], dtype=torch.float64, device=m.device)
+        no_shift = torch.zeros(len(m), 2, device=m.device)
+        return warp(
+            x, inverse_matrix(torch.zeros_like(m), no_shift, shears, corner.expand(len(m), 2))
+        )
+
+    return shear
+
+
+def _translate(axis: int):
+    """F.affine with a shift of int(m) pixels along `axis`."""
+
+    def translate(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        shift = torch.zeros(len(m), 2, device=m.device)
+        shift[:, axis] = torch.trunc(m)
+        return warp(x, inverse_matrix(torch.zeros_like(m), shift))
+
+    return translate
+
+
+def _rotate(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """F.rotate by m degrees, that is F.affine by -m."""
+    return warp(x, inverse_matrix(-m, torch.zeros(len(m), 2, device=m.device)))
+
+
+def _blend(x: torch.Tensor, degenerate: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """torchvision's blend by factor 1 + m: x * f + degenerate * (1 - f), where it computes
+    1 - f in float64 (-m exactly), clipped to [0, 1]."""
+    return (x * _per_image(1 + m) + degenerate * _per_image(-m)).clamp(0, 1)
+
+
+def _colour(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Saturation: a blend with the greyscale image (one-channel images left as they are)."""
+    return x if x.shape[-3] == 1 else _blend(x, F.rgb_to_grayscale(x), m)
+
+
+def _contrast(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """A blend with the image's mean grey level."""
+    grey = F.rgb_to_grayscale(x) if x.shape[-3] == 3 else x
+    return _blend(x, grey.mean(dim=(-3, -2, -1), keepdim=True), m)
+
+
+_SHARPEN = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13  # torchvision's
+
+
+def _sharpness(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Inside a 1-pixel border, a blend with the image's 3x3 blur (torchvision's formula:
+    x + (1 - f) * (blur - x)); the border, and images 2 pixels or fewer across, left as they are."""
     c, h, w = x.shape[-3:]
-    is_ = {name: (op == ID[name])[:, None, None, None] for name in NAMES[6:10]}
-    grey = F.rgb_to_grayscale(x) if c == 3 else x
-    mean = grey.mean(dim=(-3, -2, -1), keepdim=True)
-    blurred = x.clone()
-    if h > 2 and w > 2:  # torchvision leaves images of 2 pixels or fewer across unsharpened
-        kernel = _SHARPEN.to(x).expand(c, 1, 3, 3)
-        blurred[..., 1:-1, 1:-1] = torch.nn.functional.conv2d(x, kernel, groups=c)
-    degenerate = torch.where(
-        is_["Brightness"],
-        torch.zeros_like(x),
-        torch.where(is_["Color"], grey, torch.where(is_["Contrast"], mean, blurred)),
-    )
-    # torchvision's blend is x * f + degenerate * (1 - f) with 1 - f computed in float64: -m.
-    blended = (x * (1 + m)[:, None, None, None] + degenerate * -m[:, None, None, None]).clamp(0, 1)
-    on = is_["Brightness"] | is_["Contrast"] | is_["Sharpness"]
-    if c == 3:  # torchvision leaves a one-channel image's saturation as it is
-        on = on | is_["Color"]
-    return torch.where(on, blended, x)
+    if h <= 2 or w <= 2:
+        return x
+    inside = x[..., 1:-1, 1:-1]
+    blurred = torch.nn.functional.conv2d(x, _SHARPEN.to(x).expand(c, 1, 3, 3), groups=c)
+    out = x.clone()
+    out[..., 1:-1, 1:-1] = (inside + _per_image(-m) * (blurred - inside)).clamp(0, 1)
+    return out
+
+
+def _posterize(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """int(m) bits: on float images, torchvision's floor(x * 2^bits) / 2^bits."""
+    levels = _per_image(torch.exp2(torch.trunc(m)))
+    return (x * levels).floor().clamp(min=0).minimum(levels - 1) * (1 / levels)
+
+
+OPS = {
+    "Identity": lambda x, m: x,
+    "ShearX": _shear(0),
+    "ShearY": _shear(1),
+    "TranslateX": _translate(0),
+    "TranslateY": _translate(1),
+    "Rotate": _rotate,
+    "Brightness": lambda x, m: (x * _per_image(1 + m)).clamp(0, 1),
+    "Color": _colour,
+    "Contrast": _contrast,
+    "Sharpness": _sharpness,
+    "Posterize": _posterize,
+    "Solarize": lambda x, m: torch.where(x >= _per_image(m), 1.0 - x, x),  # threshold 1.0 * m
+    "AutoContrast": lambda x, m: F.autocontrast(x),
+    "Equalize": lambda x, m: F.equalize(x),
+    "Invert": lambda x, m: 1.0 - x,
+}
+NAMES = tuple(OPS)  # an op's id is its place here
+ID = {name: i for i, name in enumerate(NAMES)}
