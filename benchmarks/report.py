@@ -269,27 +269,60 @@ def scaled(raw: dict, n: int) -> dict:
     return {**raw, "experiments": experiments, "run": []}
 
 
+# The report's numbers: a faster report must give them byte for byte.
+TABLES = ("ladder.csv", "checkpoints.csv", "curves.csv", "metrics.json", "report.md")
+
+
+def _same_tables(before: Path, after: Path) -> str:
+    """Which of TABLES the two reports hold byte for byte the same."""
+    same = [t for t in TABLES if (before / t).read_bytes() == (after / t).read_bytes()]
+    differ = [t for t in TABLES if t not in same]
+    return f"same bytes: {', '.join(same) or 'none'}" + (
+        f"; DIFFERENT: {', '.join(differ)}" if differ else ""
+    )
+
+
 def _exponent(counts: list[int], values: list[float]) -> float:
     """The slope of log(value) against log(count): 1 is linear growth, 0 none."""
     return float(np.polyfit(np.log(counts), np.log(values), 1)[0])
 
 
+def kept_inputs(
+    folder: Path, params: config.Params, shape: Shape, keep: bool
+) -> tuple[dict[str, str], bool]:
+    """write_inputs into `folder`, or, with `keep`, the inputs a run before left there for the
+    same ladder and shape (at 1,000 experiments they take 6 minutes to build); whether built."""
+    key = json.dumps({"params": params.raw, "shape": astuple(shape)}, sort_keys=True)
+    stamp = folder / "inputs.json"  # written last: a folder without it is incomplete
+    if keep and stamp.is_file() and stamp.read_text() == key:
+        return json.loads((folder / "paths.json").read_text()), False
+    shutil.rmtree(folder, ignore_errors=True)
+    inputs = write_inputs(folder, params, shape)
+    (folder / "paths.json").write_text(json.dumps(inputs))
+    stamp.write_text(key)
+    return inputs, True
+
+
 def scaling(
-    trees: dict[str, Path], raw: dict, counts: list[int], shape: Shape, root: Path, before_max: int
+    trees: dict[str, Path],
+    raw: dict,
+    counts: list[int],
+    shape: Shape,
+    root: Path,
+    before_max: int,
+    keep: bool = False,
 ) -> dict[str, dict[int, dict]]:
     """Each tree's report of each ladder size (the before tree up to `before_max` experiments),
-    one size's inputs on disk at a time; a line per run, then each tree's growth exponents."""
+    one size's inputs on disk at a time (all of them, kept for the next run, with `keep`); a
+    line per run, then each tree's growth exponents."""
     results: dict[str, dict[int, dict]] = {label: {} for label in trees}
     for n in counts:
         params = config.Params.from_dict(scaled(raw, n), source=f"params.yaml x{n}")
         start = time.perf_counter()
-        inputs = write_inputs(root / f"inputs-{n}", params, shape)
+        inputs, built = kept_inputs(root / f"inputs-{n}", params, shape, keep)
         checkpoints = sum(len(e.checkpoint_epochs) for e in params.experiments.values())
-        print(
-            f"{n} experiments, {checkpoints} checkpoints "
-            f"(inputs built in {time.perf_counter() - start:.0f} s):",
-            flush=True,
-        )
+        how = f"built in {time.perf_counter() - start:.0f} s" if built else "kept from a run before"
+        print(f"{n} experiments, {checkpoints} checkpoints (inputs {how}):", flush=True)
         for label, tree in trees.items():
             if label == "before" and n > before_max:
                 print(f"{label:>8}: not run (--before-max {before_max})", flush=True)
@@ -301,8 +334,12 @@ def scaling(
                 f"peak memory {r['peak_mib']:6.0f} MiB, torch imported: {r.get('torch', '?')}",
                 flush=True,
             )
-            shutil.rmtree(root / f"{label}-{n}")
-        shutil.rmtree(root / f"inputs-{n}")
+        if len(results) == 2 and all(n in by_count for by_count in results.values()):
+            print(f"{'':>8}  {_same_tables(*(root / f'{label}-{n}' for label in trees))}")
+        for label in trees:
+            shutil.rmtree(root / f"{label}-{n}", ignore_errors=True)
+        if not keep:
+            shutil.rmtree(root / f"inputs-{n}")
     for label, by_count in results.items():
         ns = sorted(by_count)
         if len(ns) < 2:
@@ -342,6 +379,12 @@ def main(argv: list[str] | None = None) -> dict:
         "more than 16 GB)",
     )
     parser.add_argument(
+        "--work",
+        type=Path,
+        help="with --experiments: build the inputs here and keep them; a later run with the "
+        "same ladder and shape reuses them (about 25 GB at 1,000 experiments: not in /tmp)",
+    )
+    parser.add_argument(
         "--shape",
         type=int,
         nargs=5,
@@ -362,8 +405,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"data: {shape.val:,} val / {shape.test:,} test images, {shape.classes} classes; "
             "CPU seconds of build_report (the processes it starts included)"
         )
+        before_max = args.before_max or max(args.experiments)
+        if args.work:
+            args.work.mkdir(parents=True, exist_ok=True)
+            return scaling(
+                trees, params.raw, args.experiments, shape, args.work, before_max, keep=True
+            )
         with tempfile.TemporaryDirectory(prefix="ladder-report-bench-") as tmp:
-            before_max = args.before_max or max(args.experiments)
             return scaling(trees, params.raw, args.experiments, shape, Path(tmp), before_max)
 
     with tempfile.TemporaryDirectory(prefix="ladder-report-bench-") as tmp:

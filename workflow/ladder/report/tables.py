@@ -242,7 +242,7 @@ def _read_eval(
     """One checkpoint's evaluation: its row of the checkpoints table, its per-class entries (as
     the JSON holds them: `_per_class` makes rows of the one checkpoint the report shows), and
     its per-image correctness (kind -> bool array) from the predictions beside it."""
-    result = io.read_json(path)
+    result = io.read_json(path, int64=True)
     with _reading(path):
         if result["epoch"] != epoch:
             raise ValueError(f"{path}: holds epoch {result['epoch']}, expected {epoch}")
