@@ -6,6 +6,7 @@ workers); only the image sizes shrink."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import os
@@ -358,12 +359,12 @@ def test_planning_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
 
 
 @pytest.mark.slow  # about 35 CPU-s: four scratch DVC projects, each importing and preparing
-def test_dvc_data_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
-    out = tmp_path / "dvc_data.json"
+def test_data_in_dvc_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
+    out = tmp_path / "data_in_dvc.json"
     args = ["--work", str(tmp_path / "work"), "--sizes", "100,150", "--before", str(REPO),
             "--json", str(out)]  # fmt: skip
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "dvc_data.py"), *args],
+        [sys.executable, str(REPO / "benchmarks" / "data_in_dvc.py"), *args],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -379,3 +380,11 @@ def test_dvc_data_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
             assert row["raw image links"] >= 2, row
             assert row["prepared array links"] >= 2, row
     assert result.stdout.count("per 1000") == 2
+
+
+def test_no_benchmark_script_shadows_an_installed_module():
+    """tests/test_report_browser.py puts benchmarks/ on sys.path: a script named like an installed
+    package (dvc_data.py did) then replaces it for every test after it in that worker."""
+    installed = set(importlib.metadata.packages_distributions())
+    clashes = [p.name for p in (REPO / "benchmarks").glob("*.py") if p.stem in installed]
+    assert not clashes, f"benchmarks/{clashes}: rename, an installed package has that name"

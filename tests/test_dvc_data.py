@@ -1,5 +1,5 @@
 """The raw data at ImageNet size: DVC tracks its manifest, not its files, and a folder dataset is
-imported as links, not copied (README, "Versioning with DVC"; benchmarks/dvc_data.py measures
+imported as links, not copied (README, "Versioning with DVC"; benchmarks/data_in_dvc.py measures
 both). So a workspace may lack results/data/raw/ (a clone after `dvc pull`, or disk freed): that
 reruns nothing, and a stage that must read it says how to make it again."""
 

@@ -12,9 +12,9 @@ work on the machine does not count. Disk is what results/ and .dvc/cache add to 
 folder, each file counted once however many links it has (du over all three); the link counts
 are those of one raw image and of the prepared train_x.npy.
 
-    python benchmarks/dvc_data.py --work /tmp/dvc-data                 # ~10 min on 2 cores
+    python benchmarks/data_in_dvc.py --work /tmp/dvc-data                 # ~10 min on 2 cores
     git worktree add /tmp/before <commit>
-    python benchmarks/dvc_data.py --work /tmp/dvc-data --before /tmp/before
+    python benchmarks/data_in_dvc.py --work /tmp/dvc-data --before /tmp/before
 """
 
 from __future__ import annotations
