@@ -54,16 +54,6 @@ SLOWEST_FIRST = (
 )  # fmt: skip
 
 
-def pytest_xdist_auto_num_workers(config) -> int | None:
-    """A worker more than the cores (--maxprocesses still caps it): test_slurm.py spends most of
-    its minutes waiting on SLURM's and Snakemake's clocks (20 CPU-s of 297 s in its own
-    processes, and its SLURM jobs ran 140 s on one core), and while it does, one other worker
-    alone leaves a core idle. PYTEST_XDIST_AUTO_NUM_WORKERS still decides where it is set."""
-    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
-        return None  # xdist's own hook reads it
-    return len(os.sched_getaffinity(0)) + 1
-
-
 def pytest_collection_modifyitems(items: list) -> None:
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
