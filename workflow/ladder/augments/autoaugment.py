@@ -8,6 +8,8 @@ signed. The policies (imagenet, cifar10, svhn) are torchvision's own tables.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torchvision.transforms import v2
 
@@ -27,19 +29,24 @@ def subpolicies(policy: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return ops, probability, level
 
 
+@functools.cache  # built once per setting and device, not every training step
+def tables(policy: str, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(sub-policies' op ids, probabilities, magnitude bins) and, indexed by op id, each op's
+    magnitudes (10 bins) and whether it is signed, on `device`."""
+    ids, magnitudes, signed = space(v2.AutoAugment, BINS, height, width, torch.device("cpu"))
+    by_id = torch.zeros(len(ID), BINS), torch.zeros(len(ID), dtype=torch.bool)
+    by_id[0][ids], by_id[1][ids] = magnitudes, signed
+    return tuple(t.to(device) for t in (*subpolicies(policy), *by_id))
+
+
 def apply(x: torch.Tensor, s: dict, g: torch.Generator) -> torch.Tensor:
     n, device = len(x), x.device
-    ids, magnitudes, signed = space(v2.AutoAugment, BINS, *x.shape[-2:])
-    row = torch.full((len(ID),), -1, dtype=torch.long)  # an op id -> its row of the space
-    row[ids] = torch.arange(len(ids))
-    magnitudes, signed = magnitudes.to(device), signed.to(device)
-    ops, probability, level = (t.to(device) for t in subpolicies(s["policy"]))
+    ops, probability, level, magnitudes, signed = tables(s["policy"], *x.shape[-2:], device)
     on = coin(n, s["p"], g, device)
     chosen = torch.randint(len(ops), (n,), generator=g, device=device)
     for step in range(2):
         op, bin_ = ops[chosen, step], level[chosen, step]
         applied = torch.rand(n, generator=g, device=device) <= probability[chosen, step]
-        r = row.to(device)[op]
-        magnitude = draw_sign(magnitudes[r, bin_], signed[r], g)
+        magnitude = draw_sign(magnitudes[op, bin_], signed[op], g)
         x = apply_ops(x, torch.where(on & applied, op, ID["Identity"]), magnitude)
     return x

@@ -12,6 +12,7 @@ The magnitude tables and AutoAugment's sub-policies are torchvision's own (read 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -20,16 +21,21 @@ from torchvision.transforms.v2 import functional as F
 from ladder.augments.affine import inverse_matrix, warp
 
 
-def space(transform: type, bins: int, height: int, width: int) -> tuple[torch.Tensor, ...]:
-    """A policy class's ops and magnitudes (its _AUGMENTATION_SPACE at `bins` bins): op ids (k,),
-    magnitudes (k, bins) (0 for ops without one) and whether each is signed (k,)."""
+@functools.cache  # built once per setting and device, not every training step
+def space(
+    transform: type, bins: int, height: int, width: int, device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """A policy class's ops and magnitudes (its _AUGMENTATION_SPACE at `bins` bins) on `device`:
+    op ids (k,), magnitudes (k, bins) (0 for ops without one) and whether each is signed (k,)."""
     ops, magnitudes, signed = [], [], []
     for name, (table, is_signed) in transform._AUGMENTATION_SPACE.items():
         values = table(bins, height, width)
         ops.append(ID[name])
         magnitudes.append(torch.zeros(bins) if values is None else values.float())
         signed.append(is_signed)
-    return torch.tensor(ops), torch.stack(magnitudes), torch.tensor(signed)
+    return tuple(
+        t.to(device) for t in (torch.tensor(ops), torch.stack(magnitudes), torch.tensor(signed))
+    )
 
 
 def draw_sign(magnitude: torch.Tensor, signed: torch.Tensor, g: torch.Generator) -> torch.Tensor:

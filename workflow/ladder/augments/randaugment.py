@@ -16,9 +16,7 @@ from ladder.augments.policy_ops import ID, apply_ops, draw_sign, space
 
 def apply(x: torch.Tensor, s: dict, g: torch.Generator) -> torch.Tensor:
     n, device = len(x), x.device
-    ops, magnitudes, signed = (
-        t.to(device) for t in space(v2.RandAugment, s["bins"], *x.shape[-2:])
-    )
+    ops, magnitudes, signed = space(v2.RandAugment, s["bins"], *x.shape[-2:], device)
     on = coin(n, s["p"], g, device)
     for _ in range(s["ops"]):
         k = torch.randint(len(ops), (n,), generator=g, device=device)

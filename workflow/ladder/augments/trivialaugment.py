@@ -17,9 +17,7 @@ from ladder.augments.policy_ops import ID, apply_ops, draw_sign, space
 
 def apply(x: torch.Tensor, s: dict, g: torch.Generator) -> torch.Tensor:
     n, device, bins = len(x), x.device, s["bins"]
-    ops, magnitudes, signed = (
-        t.to(device) for t in space(v2.TrivialAugmentWide, bins, *x.shape[-2:])
-    )
+    ops, magnitudes, signed = space(v2.TrivialAugmentWide, bins, *x.shape[-2:], device)
     on = coin(n, s["p"], g, device)
     k = torch.randint(len(ops), (n,), generator=g, device=device)
     level = torch.randint(bins, (n,), generator=g, device=device)
