@@ -130,6 +130,16 @@ def test_each_model_runs_in_both_training_paths(bench, model):
     assert bench.flops_per_image(model, args, cpu) > 0
 
 
+def run_benchmark(script: str, args: list[str]) -> subprocess.CompletedProcess:
+    """Run benchmarks/<script> with args; it must succeed (its stderr tail otherwise)."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def test_batches_cycle_over_epochs_in_a_fresh_order(bench):
     split = bench.DeviceSplit(
         torch.zeros(5, 2, 2, 3, dtype=torch.uint8).numpy(), list(range(5)), "cpu"
@@ -251,11 +261,7 @@ def test_verification_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
     args = ["--work", str(tmp_path / "work"), "--train", "64", "--val", "16", "--test", "16",
             "--size", "8", "--checkpoints", "2", "--checkpoint-mb", "0.5", "--files", "50",
             "--repeats", "1", "--json", str(out)]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "verification.py"), *args],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_benchmark("verification.py", args)
     rows = json.loads(out.read_text())["rows"]
     stages_checked = {r["what"].split(":")[0] for r in rows if "prepared" in r["what"]}
     assert stages_checked == {"train", "evaluate", "stats"}
@@ -266,11 +272,7 @@ def test_verification_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
 def test_prepare_benchmark_runs_as_written_at_tiny_sizes(tmp_path):
     args = ["--work", str(tmp_path), "--classes", "3", "--train-per-class", "6", "--val", "6",
             "--workers", "1"]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "prepare.py"), *args],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark("prepare.py", args)
     assert "images: {'train': 14, 'val': 4, 'test': 6}" in result.stdout
     assert re.search(r"^prepare +\d", result.stdout, re.M)
 
@@ -279,11 +281,7 @@ def test_stopping_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
     out = tmp_path / "stopping.json"
     args = ["--train", "256", "--size", "8", "--batch", "16", "--points", "0.5",
             "--json", str(out)]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "stopping.py"), *args],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark("stopping.py", args)
     rows = {r["signal"]: r for r in json.loads(out.read_text())}
     assert rows["SIGTERM"]["exit_status"] == 128 + signal.SIGTERM
     assert rows["SIGTERM"]["lost_steps"] == 0  # it resumes at the step it stopped after
@@ -297,11 +295,7 @@ def test_stopping_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
 def test_resolution_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
     out = tmp_path / "resolution.json"
     args = ["--sizes", "5", "20", "--repeats", "1", "--before", str(REPO), "--json", str(out)]
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "resolution.py"), *args],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark("resolution.py", args)
     rows = json.loads(out.read_text())
     assert set(rows) == {"this checkout", "before"}
     assert {n: r["experiments"] for n, r in rows["before"].items()} == {"5": 5, "20": 20}
@@ -346,11 +340,7 @@ def test_scheduler_benchmark_runs_both_rows(tmp_path):
 def test_planning_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
     out = tmp_path / "planning.json"
     args = ["--sizes", "2", "--json", str(out)]  # one size: each size costs 5 CPU-s of setup
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "planning.py"), *args],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark("planning.py", args)
     rows = json.loads(out.read_text())["this checkout"]
     assert set(rows) == {"snakemake -n", "dvc status"}
     assert all(set(by_size) == {"2"} for by_size in rows.values()), rows
@@ -363,11 +353,7 @@ def test_data_in_dvc_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
     out = tmp_path / "data_in_dvc.json"
     args = ["--work", str(tmp_path / "work"), "--sizes", "100,150", "--before", str(REPO),
             "--json", str(out)]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "data_in_dvc.py"), *args],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark("data_in_dvc.py", args)
     rows = json.loads(out.read_text())
     assert set(rows) == {"this checkout", f"before ({REPO})"}
     for by_size in rows.values():
