@@ -243,7 +243,14 @@ def link_or_copy(src: str | Path, dst: str | Path) -> None:
     dst = Path(dst)
     with atomic_path(dst, mode=None) as tmp:
         tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copy2(src, tmp)
+        link_new(src, tmp)
+
+
+def link_new(src: str | Path, dst: str | Path) -> None:
+    """Hard-link `src` to the new name `dst`, copying across file systems: no temporary name
+    and no fsync, for names nothing reads as finished yet (inside `atomic_dir`'s folder, whose
+    one sync before its rename makes the links, and any copy, durable)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -36,9 +36,18 @@ def _entry(stage: str, made_with: dict, root: Path) -> Path:
 
 def _link_folder(src: Path, dst: Path) -> None:
     """`dst` (and its sibling manifest) becomes a copy of `src` made of hard links."""
+    # Each file linked straight into atomic_dir's temporary folder, not by io.link_or_copy (per
+    # file a temporary name, a scan of its folder for stale ones, the commit checks and two
+    # fsyncs: 88% of a folder dataset's import). Nothing in that folder looks finished before
+    # its rename, and atomic_dir syncs it first: the links are on disk before they are visible.
     with io.atomic_dir(dst) as tmp:
+        folders = {tmp}
         for path in sorted(p for p in src.rglob("*") if p.is_file()):
-            io.link_or_copy(path, tmp / path.relative_to(src))
+            new = tmp / path.relative_to(src)
+            if new.parent not in folders:
+                new.parent.mkdir(parents=True, exist_ok=True)
+                folders.add(new.parent)
+            io.link_new(path, new)
     io.link_or_copy(manifest.sibling(src), manifest.sibling(dst))
 
 
