@@ -15,6 +15,10 @@ are those of one raw image and of the prepared train_x.npy.
     python benchmarks/data_in_dvc.py --work /tmp/dvc-data                 # ~10 min on 2 cores
     git worktree add /tmp/before <commit>
     python benchmarks/data_in_dvc.py --work /tmp/dvc-data --before /tmp/before
+    python benchmarks/data_in_dvc.py --work /tmp/dvc-data --import-only --sizes 10000,40000
+
+--import-only runs configure and download alone and reports the import's CPU seconds, in all
+and per 1000 images (no prepare, no DVC).
 """
 
 from __future__ import annotations
@@ -101,15 +105,20 @@ def project(tree: Path, scratch: Path, images: Path) -> tuple[Path, dict]:
     return work, env
 
 
-def measure(tree: Path, scratch: Path, images: Path) -> dict:
+def measure(tree: Path, scratch: Path, images: Path, import_only: bool = False) -> dict:
     work, env = project(tree, scratch, images)
     stages = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
     dvc = str(Path(sys.executable).parent / "dvc")
     row = {}
-    for name in STAGES:
+    for name in STAGES[:2] if import_only else STAGES:
         seconds = cpu_of(stages[name]["cmd"].split(), work, env)
         if name == "download":
             row["import CPU-s"] = seconds
+    if import_only:
+        size = sum(1 for p in images.rglob("*.png"))
+        row["import CPU-s per 1000"] = row["import CPU-s"] / size * 1000
+        shutil.rmtree(work)
+        return row
     row["dvc commit CPU-s"] = cpu_of([dvc, "commit", "--force", *STAGES], work, env)
     cpu_of([dvc, "status"], work, env)
     row["dvc status CPU-s"] = cpu_of([dvc, "status"], work, env)
@@ -137,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="10000,40000,160000", help="images per dataset, by commas")
     p.add_argument("--before", type=Path, help="an older checkout (git worktree) to compare")
     p.add_argument("--json", type=Path, help="also write the numbers here")
+    p.add_argument("--import-only", action="store_true", help="time the folder import alone")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     trees = {"this checkout": REPO}
@@ -149,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         images = dataset(args.work, size)
         for i, (name, tree) in enumerate(trees.items()):
             with tempfile.TemporaryDirectory(dir=args.work) as scratch:
-                results[name][size] = measure(tree, Path(scratch) / str(i), images)
+                results[name][size] = measure(
+                    tree, Path(scratch) / str(i), images, args.import_only
+                )
     print(f"{os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s wall")
     keys = list(next(iter(results[next(iter(trees))].values())))
     for name, rows in results.items():

@@ -368,6 +368,16 @@ def test_data_in_dvc_benchmark_runs_every_row_at_tiny_sizes(tmp_path):
     assert result.stdout.count("per 1000") == 2
 
 
+def test_data_in_dvc_benchmark_times_the_import_alone(tmp_path):
+    out = tmp_path / "import.json"
+    args = ["--work", str(tmp_path / "work"), "--sizes", "100", "--import-only",
+            "--json", str(out)]  # fmt: skip
+    run_benchmark("data_in_dvc.py", args)
+    (row,) = json.loads(out.read_text())["this checkout"].values()
+    assert set(row) == {"import CPU-s", "import CPU-s per 1000"}, row
+    assert row["import CPU-s per 1000"] == pytest.approx(row["import CPU-s"] * 10)
+
+
 def test_no_benchmark_script_shadows_an_installed_module():
     """tests/test_report_browser.py puts benchmarks/ on sys.path: a script named like an installed
     package (dvc_data.py did) then replaces it for every test after it in that worker."""
