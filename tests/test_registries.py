@@ -138,9 +138,30 @@ def test_source_settings_read_the_registry_when_they_run(monkeypatch):
 
 
 @pytest.mark.parametrize("op", [op for op in OPS if not op.bare], ids=lambda op: op.name)
-def test_an_op_keeps_its_entrys_settings_when_on_and_only_p_when_off(op):
+def test_an_op_keeps_its_entrys_settings_when_on_and_is_left_out_when_off(op):
     assert set(resolve(augment={op.name: {"p": 0.5}})["augment"][op.name]) == {"p", *op.settings}
-    assert resolve(augment={op.name: {"p": 0.0}})["augment"][op.name] == {"p": 0.0}
+    assert op.name not in resolve(augment={op.name: {"p": 0.0, **SET[op.name]}})["augment"]
+    assert op.probability({}) == 0  # what an absent op means to training, TTA and the report
+
+
+# A setting other than p for each op, so that "off" above is not off because nothing was set.
+SET = {
+    "translate": {"max": 0.25}, "rotate": {"degrees": 5.0}, "blur": {"kernel": 5},
+    "solarize": {"threshold": 0.3}, "randaugment": {"ops": 1}, "trivialaugment": {"bins": 11},
+    "autoaugment": {"policy": "svhn"}, "erase": {"value": 0.5},
+}  # fmt: skip
+
+
+def test_settings_name_only_the_ops_that_are_on_so_a_new_op_reruns_nothing():
+    """Every op but the flip is off unless an experiment sets it (the schema's defaults), and
+    resolution leaves the ops that are off out of the settings: adding an op (off by default) to
+    the registry changes no existing experiment's settings file, so neither engine reruns it
+    (when every op that was off was written as `{p: 0}`, each new op reran every experiment)."""
+    assert resolve()["augment"] == {"hflip": 0.5}
+    assert resolve(augment={"hflip": 0.0})["augment"] == {}
+    on = resolve(augment={"hflip": 0.0, "erase": {"p": 0.25}, "blur": {"p": 0.0, "kernel": 5}})
+    assert set(on["augment"]) == {"erase"}
+    assert set(SET) == {op.name for op in OPS if not op.bare}
 
 
 def test_the_pipeline_order_is_the_seeds():

@@ -32,8 +32,12 @@ class Op:
     bare: bool = False  # the setting is the probability itself (`augment.hflip: 0.5`)
 
     def probability(self, augment: Mapping) -> float:
-        """How often the op applies, from an experiment's `augment` settings (0: off)."""
-        setting = augment[self.name]
+        """How often the op applies, from an experiment's `augment` settings (0: off). An op
+        the settings leave out is off: resolution leaves out the ops that are off, so that
+        adding an op to this registry changes no existing experiment's settings."""
+        setting = augment.get(self.name)
+        if setting is None:
+            return 0.0
         return setting if self.bare else setting["p"]
 
     def function(self) -> Callable:

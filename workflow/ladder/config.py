@@ -602,9 +602,9 @@ def _prune(train: dict, own: Mapping, where: str) -> dict:
         schedule["t_max"] = train["epochs"]
     if schedule.get("warmup_epochs", 1) == 0:
         schedule.pop("warmup_start", None)
-    for op in OPS:
-        if not op.bare and op.probability(train["augment"]) == 0:
-            train["augment"][op.name] = {"p": 0.0}
+    for op in OPS:  # an op that is off is left out: a new op in the registry changes nothing
+        if op.probability(train["augment"]) == 0:
+            train["augment"].pop(op.name, None)
     if train["early_stopping"]["patience"] == 0:  # off: min_delta changes nothing
         train["early_stopping"] = {"patience": 0}
     mix = train["mix"]
@@ -640,19 +640,20 @@ def _check(train: dict, where: str) -> None:
         raise ConfigError(
             f"{where}.optimizer.nesterov: Nesterov needs momentum > 0 (set nesterov: false)"
         )
-    if train["augment"]["blur"].get("kernel", 1) % 2 == 0:
+    augment = train["augment"]
+    if augment.get("blur", {}).get("kernel", 1) % 2 == 0:
         raise ConfigError(f"{where}.augment.blur.kernel: must be odd")
-    sigma = train["augment"]["blur"].get("sigma")
+    sigma = augment.get("blur", {}).get("sigma")
     if isinstance(sigma, list) and sigma[0] > sigma[1]:
         raise ConfigError(f"{where}.augment.blur.sigma: [min, max] with min <= max, got {sigma}")
-    rand = train["augment"]["randaugment"]
+    rand = augment.get("randaugment", {})
     if rand.get("magnitude", 0) >= rand.get("bins", 1):
         raise ConfigError(
             f"{where}.augment.randaugment.magnitude: {rand['magnitude']} is not a bin of "
             f"bins ({rand['bins']}): use 0 to {rand['bins'] - 1}, or raise bins"
         )
     for key in ("scale", "ratio"):
-        bounds = train["augment"]["erase"].get(key)
+        bounds = augment.get("erase", {}).get(key)
         if bounds is not None and bounds[0] > bounds[1]:
             raise ConfigError(
                 f"{where}.augment.erase.{key}: [min, max] with min <= max, got {bounds}"

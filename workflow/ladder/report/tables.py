@@ -785,9 +785,9 @@ def changes(parent: dict | None, child: dict) -> str:
     items, ops_done = [], set()
     for key in keys:
         section, _, rest = key.partition(".")
-        if section == "augment" and rest:
+        if section == "augment":  # by op; `augment` alone is `{}`, every op off
             op = rest.split(".")[0]
-            if op not in ops_done:
+            if rest and op not in ops_done:
                 ops_done.add(op)
                 ops = (parent.get("augment", {}).get(op), child.get("augment", {}).get(op))
                 items += _op_changes(op, *ops)
