@@ -16,9 +16,16 @@ are those of one raw image and of the prepared train_x.npy.
     git worktree add /tmp/before <commit>
     python benchmarks/data_in_dvc.py --work /tmp/dvc-data --before /tmp/before
     python benchmarks/data_in_dvc.py --work /tmp/dvc-data --import-only --sizes 10000,40000
+    python benchmarks/data_in_dvc.py --work /tmp/dvc-data --archive
 
 --import-only runs configure and download alone and reports the import's CPU seconds, in all
 and per 1000 images (no prepare, no DVC).
+
+--archive adds a row per tree with the same dataset given as an archive (`dataset.path:
+images-<size>.tar`, uncompressed, packed once into --work next to the folder: one top-level
+`images/` folder, members in sorted order, as `tar cf --sort=name` of the folder would): DVC then
+has one file to hash through results/data/source/path instead of every image. Its disk is
+counted against the archive instead of the folder.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -68,6 +76,17 @@ def dataset(work: Path, size: int) -> Path:
     return root / "images"
 
 
+def packed(images: Path) -> Path:
+    """`images` as an uncompressed tar next to its dataset folder in --work, made once."""
+    tar = images.parent.with_suffix(".tar")  # work/images-<size>.tar
+    if not tar.exists():
+        tmp = tar.with_suffix(".tar.tmp")
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
+            tf.add(images, arcname="images")  # recursive, each folder's entries sorted
+        tmp.replace(tar)
+    return tar
+
+
 def cpu_of(cmd: list[str], cwd: Path, env: dict) -> float:
     """CPU seconds of `cmd` and its children."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -87,7 +106,8 @@ def disk_kb(*paths: Path) -> int:
 
 
 def project(tree: Path, scratch: Path, images: Path) -> tuple[Path, dict]:
-    """A scratch git + DVC project of `tree`'s code whose dataset is the folder `images`."""
+    """A scratch git + DVC project of `tree`'s code whose dataset is `images` (the folder or
+    an archive of it)."""
     work, env = scratch_copy(tree, scratch)
     for rel in DVC_FILES:
         src, dst = tree / rel, work / rel
@@ -105,7 +125,7 @@ def project(tree: Path, scratch: Path, images: Path) -> tuple[Path, dict]:
     return work, env
 
 
-def measure(tree: Path, scratch: Path, images: Path, import_only: bool = False) -> dict:
+def measure(tree: Path, scratch: Path, images: Path, size: int, import_only: bool) -> dict:
     work, env = project(tree, scratch, images)
     stages = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
     dvc = str(Path(sys.executable).parent / "dvc")
@@ -115,7 +135,6 @@ def measure(tree: Path, scratch: Path, images: Path, import_only: bool = False) 
         if name == "download":
             row["import CPU-s"] = seconds
     if import_only:
-        size = sum(1 for p in images.rglob("*.png"))
         row["import CPU-s per 1000"] = row["import CPU-s"] / size * 1000
         shutil.rmtree(work)
         return row
@@ -147,23 +166,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", type=Path, help="an older checkout (git worktree) to compare")
     p.add_argument("--json", type=Path, help="also write the numbers here")
     p.add_argument("--import-only", action="store_true", help="time the folder import alone")
+    p.add_argument("--archive", action="store_true", help="add rows: the dataset as a .tar")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     trees = {"this checkout": REPO}
     if args.before:
         trees = {f"before ({args.before})": args.before.resolve(), **trees}
     args.work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[int, dict]] = {name: {} for name in trees}
+    runs = {name: (tree, False) for name, tree in trees.items()}  # name: (tree, archived)
+    if args.archive:
+        runs |= {f"{name}, archive": (tree, True) for name, tree in trees.items()}
+    results: dict[str, dict[int, dict]] = {name: {} for name in runs}
     started = time.perf_counter()
     for size in sizes:
         images = dataset(args.work, size)
-        for i, (name, tree) in enumerate(trees.items()):
+        for i, (name, (tree, archived)) in enumerate(runs.items()):
+            source = packed(images) if archived else images
             with tempfile.TemporaryDirectory(dir=args.work) as scratch:
                 results[name][size] = measure(
-                    tree, Path(scratch) / str(i), images, args.import_only
+                    tree, Path(scratch) / str(i), source, size, args.import_only
                 )
     print(f"{os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s wall")
-    keys = list(next(iter(results[next(iter(trees))].values())))
+    keys = list(next(iter(results[next(iter(runs))].values())))
     for name, rows in results.items():
         print(f"\n{name}")
         print(f"{'images':>8}  " + "  ".join(f"{k:>20}" for k in keys))

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -376,6 +377,23 @@ def test_data_in_dvc_benchmark_times_the_import_alone(tmp_path):
     (row,) = json.loads(out.read_text())["this checkout"].values()
     assert set(row) == {"import CPU-s", "import CPU-s per 1000"}, row
     assert row["import CPU-s per 1000"] == pytest.approx(row["import CPU-s"] * 10)
+
+
+def test_data_in_dvc_benchmark_adds_the_dataset_as_an_archive(tmp_path):
+    out = tmp_path / "archive.json"
+    args = ["--work", str(tmp_path / "work"), "--sizes", "100", "--archive",
+            "--json", str(out)]  # fmt: skip
+    run_benchmark("data_in_dvc.py", args)
+    rows = json.loads(out.read_text())
+    assert set(rows) == {"this checkout", "this checkout, archive"}
+    with tarfile.open(tmp_path / "work" / "images-100.tar") as tf:
+        names = tf.getnames()
+    assert names == sorted(names)  # packed in order, under the one top-level folder
+    assert "images/c000/0000000.png" in names
+    assert len([n for n in names if n.endswith(".png")]) == 100
+    (row,) = rows["this checkout, archive"].values()
+    assert row["dvc status CPU-s"] > 0, row
+    assert row["raw image links"] >= 2, row  # extracted, and linked into the data store
 
 
 def test_no_benchmark_script_shadows_an_installed_module():
