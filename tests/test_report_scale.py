@@ -181,12 +181,28 @@ def test_runs_keep_one_row_of_test_images_per_run_not_per_checkpoint(tmp_path):
     }
 
 
-def test_the_bootstrap_gives_the_same_numbers_however_runs_are_batched(monkeypatch):
+def test_the_bootstrap_counts_each_checkpoint_from_the_one_before_as_the_product_would():
+    """PickedGapBootstrap counts a checkpoint as the one before it plus the images that changed:
+    the gaps are those of the product of the resamples' counts with every checkpoint, bit for
+    bit, whether consecutive checkpoints differ in few images or in most."""
     rng = np.random.default_rng(2)
-    sets = [[[rng.random(200) < p for p in rng.uniform(0.3, 0.7, 5)]] for _ in range(6)]
-    picks = [[int(rng.integers(0, 5))] for _ in sets]
-    together = significance.picked_gaps(sets, picks)
-    monkeypatch.setattr(significance.PickedGapBootstrap, "BATCH", 1)
-    assert significance.picked_gaps(sets, picks) == together
-    alone = [significance.picked_gap(s[0], p[0]) for s, p in zip(sets, picks, strict=True)]
-    assert alone == together
+    runs = []
+    for changed in (0.02, 0.5, 1.0):
+        x = [rng.random(300) < 0.6]
+        for _ in range(6):
+            x.append(np.where(rng.random(300) < changed, rng.random(300) < 0.6, x[-1]))
+        runs.append((x, int(rng.integers(0, 7))))
+    bootstrap = significance.PickedGapBootstrap(300)
+    for x, pick in runs:
+        bootstrap.add(x, pick)
+    counts = np.concatenate(
+        list(significance._resample_counts(300, 1000, np.random.default_rng(0)))
+    )
+    for (x, pick), got in zip(runs, bootstrap.results(), strict=True):
+        hits = counts @ np.stack(x, axis=1).astype(np.float32)
+        assert got.gaps.dtype == np.float32
+        assert got.gaps.tobytes() == (hits.max(axis=1) - hits[:, pick]).tobytes()
+    sets = [[x] for x, _ in runs]
+    picks = [[pick] for _, pick in runs]
+    alone = [significance.picked_gap(x, pick) for x, pick in runs]
+    assert significance.picked_gaps(sets, picks) == alone

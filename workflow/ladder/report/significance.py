@@ -266,8 +266,8 @@ def compare_to_parent(
 
 def _resample_counts(n: int, n_boot: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
     """Bootstrap resamples of n images as float32 count matrices (resamples x images), in
-    chunks: how often each image was drawn. A count matrix turns every checkpoint's accuracy on
-    every resample into one matrix product."""
+    chunks: how often each image was drawn. A checkpoint's hits on every resample are the sum of
+    the counts of the images it gets right."""
     rows = max(1, _CHUNK_ELEMENTS // n)
     for start in range(0, n_boot, rows):
         m = min(rows, n_boot - start)
@@ -328,49 +328,48 @@ class RunGap(NamedTuple):
 
 class PickedGapBootstrap:
     """`picked_gaps` run by run, so that a caller holds each run's checkpoints only until they
-    are counted: the resamples (count matrices, resamples x images, float32; 40 MB for 1,000
+    are counted: the resamples (how often each image is drawn in each; 10 MB for 1,000
     resamples of 10,000 images) are drawn once, from the seed, and every run is counted on the
-    same ones, as in `picked_gaps`. Runs added are counted BATCH checkpoints at a time, in one
-    matrix product (one per run costs twice the CPU: BLAS threads spin between small products),
-    so at most about BATCH checkpoints' correctness is held. Integer counts below 2**24 are
-    exact in float32: the numbers do not depend on how runs are batched."""
+    same ones, as in `picked_gaps`.
 
-    BATCH = 1024  # checkpoints per matrix product: 40 MB of float32 for 10,000 test images
+    A run's gap on a resample is a difference of hits (its best checkpoint's minus its val
+    pick's), so each checkpoint is counted relative to the run's first, from the one before it:
+    plus the counts of the images it gets right that that one got wrong, minus those it lost.
+    Consecutive checkpoints differ in a few percent of the images, so this is a fraction of a
+    product with every image (the product was the largest part of the report's CPU at 1,000
+    experiments). Integer counts, summed exactly: the gaps (float32, exact below 2**24) are
+    those of the product, bit for bit."""
 
     def __init__(self, n: int, *, n_boot: int = 1000, seed: int = 0):
         self.n = n
-        self.counts = np.concatenate(list(_resample_counts(n, n_boot, _seed_rng(seed, n_boot))))
-        self._pending: list[tuple[list[np.ndarray], int]] = []
+        counts = np.concatenate(list(_resample_counts(n, n_boot, _seed_rng(seed, n_boot))))
+        # Images x resamples, in the smallest integer type that holds every count (uint8: a
+        # step gathers a few hundred rows of 1,000 bytes).
+        smallest = np.min_scalar_type(int(counts.max()))
+        self.by_image = counts.T.astype(smallest, order="C")
         self._done: list[RunGap] = []
 
     def add(self, checkpoints: Sequence[np.ndarray], val_pick: int) -> None:
-        """One run: its checkpoints' correctness (1-D bool arrays) and the index of its val
-        pick; counted with the next batch (`results`)."""
-        self._pending.append((self._checked(checkpoints, val_pick), val_pick))
-        if sum(len(c) for c, _ in self._pending) >= self.BATCH:
-            self._flush()
+        """One run: its checkpoints' correctness (1-D bool arrays, in epoch order) and the index
+        of its val pick."""
+        checkpoints = self._checked(checkpoints, val_pick)
+        hits = np.zeros((self.by_image.shape[1], len(checkpoints)), np.int32)  # - the first's
+        for j in range(1, len(checkpoints)):
+            now, before = checkpoints[j], checkpoints[j - 1]
+            gained, lost = np.flatnonzero(now & ~before), np.flatnonzero(before & ~now)
+            hits[:, j] = (
+                hits[:, j - 1]
+                + self.by_image[gained].sum(axis=0, dtype=np.int32)
+                - self.by_image[lost].sum(axis=0, dtype=np.int32)
+            )
+        acc = np.array([np.count_nonzero(x) for x in checkpoints]) / self.n
+        best = int(np.argmax(acc))
+        gaps = (hits.max(axis=1) - hits[:, val_pick]).astype(np.float32)
+        self._done.append(RunGap(gaps, self.n, float(acc[val_pick]), float(acc[best]), best))
 
     def results(self) -> list[RunGap]:
         """Every run added, in order."""
-        self._flush()
         return list(self._done)
-
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        matrix = np.stack([x for c, _ in self._pending for x in c], axis=1).astype(np.float32)
-        hits = self.counts @ matrix  # resamples x checkpoints
-        acc = matrix.mean(axis=0, dtype=np.float64)
-        start = 0
-        for checkpoints, pick in self._pending:
-            end = start + len(checkpoints)
-            mine, best = hits[:, start:end], int(np.argmax(acc[start:end]))
-            gaps = mine.max(axis=1) - mine[:, pick]
-            self._done.append(
-                RunGap(gaps, self.n, float(acc[start + pick]), float(acc[start + best]), best)
-            )
-            start = end
-        self._pending = []
 
     def _checked(self, checkpoints: Sequence[np.ndarray], val_pick: int) -> list[np.ndarray]:
         checkpoints = [_correct(x, f"test_correct[{j}]") for j, x in enumerate(checkpoints)]
