@@ -223,15 +223,14 @@ def read_json(path: str | Path, int64: bool = False) -> Any:
     """The JSON in `path`. `int64`: its integers fit in 64 bits (an evaluation's: epochs,
     counts, class indices), so orjson may parse it, 3-4x faster than json (the report reads tens
     of thousands), to the same values; orjson would read a larger integer as a float."""
-    data = read_bytes(path)
+    return read_json_bytes(path, read_bytes(path), int64)
+
+
+def read_json_bytes(path: str | Path, data: bytes, int64: bool = False) -> Any:
+    """The JSON in `data` (the bytes of `path`, named in errors); `int64` as in read_json."""
     if int64:
         with contextlib.suppress(orjson.JSONDecodeError):  # NaN, say: json reads it, or names why
             return orjson.loads(data)
-    return read_json_bytes(path, data)
-
-
-def read_json_bytes(path: str | Path, data: bytes) -> Any:
-    """The JSON in `data` (the bytes of `path`, named in errors)."""
     try:
         return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

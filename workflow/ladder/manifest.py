@@ -198,6 +198,15 @@ def verify(folder: str | Path, names: Iterable[str] | None = None, track: bool =
     return manifest
 
 
+def checked_bytes(folder: str | Path, rel: str, manifest: dict) -> bytes:
+    """The bytes of the file `rel` of `folder`, checked against `manifest` (`read(folder)`'s):
+    a reader of many small files reads each once and parses the bytes it checked (`verify`,
+    then a read, reads every file twice)."""
+    data = io.read_bytes(Path(folder) / rel)
+    check_bytes(folder, rel, data, manifest)
+    return data
+
+
 def check_bytes(folder: str | Path, rel: str, data: bytes, manifest: dict) -> None:
     """A reader that has a file's bytes in memory checks them against the manifest's digest."""
     expected = manifest["files"].get(rel, {}).get("digest")

@@ -66,16 +66,21 @@ def to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def read(
-    path: str | Path, lengths: dict[str, int], kinds: tuple[str, ...] | None = None
+    path: str | Path,
+    lengths: dict[str, int],
+    kinds: tuple[str, ...] | None = None,
+    data: bytes | None = None,
 ) -> dict[str, np.ndarray]:
     """The arrays of `path`, which must hold exactly the kinds in `lengths` (kind -> number of
     images; see `expected`), as int16 arrays of those lengths (read-only); only those of `kinds`
-    when given (the others are listed, not read). Reading a member checks its CRC: a file cut
+    when given (the others are listed, not read). `data`: the file's bytes, when the caller has
+    read them already (to check their digest). Reading a member checks its CRC: a file cut
     short or damaged raises PredictionsError naming it."""
     path = Path(path)
     try:
         # From bytes: zipfile leaves the file open when the archive is unreadable.
-        with zipfile.ZipFile(stdio.BytesIO(path.read_bytes())) as archive:
+        data = path.read_bytes() if data is None else data
+        with zipfile.ZipFile(stdio.BytesIO(data)) as archive:
             held = sorted(n.removesuffix(".npy") for n in archive.namelist())
             if held != sorted(lengths):
                 raise PredictionsError(

@@ -237,12 +237,15 @@ def read_labels(data: str | Path) -> dict[str, np.ndarray]:
 
 
 def _read_eval(
-    path: Path, name: str, epoch: int, labels: dict[str, np.ndarray]
+    path: Path, name: str, epoch: int, labels: dict[str, np.ndarray], listed: dict
 ) -> tuple[dict, list[dict], dict[str, np.ndarray]]:
     """One checkpoint's evaluation: its row of the checkpoints table, its per-class entries (as
     the JSON holds them: `_per_class` makes rows of the one checkpoint the report shows), and
-    its per-image correctness (kind -> bool array) from the predictions beside it."""
-    result = io.read_json(path, int64=True)
+    its per-image correctness (kind -> bool array) from the predictions beside it. Each file is
+    read once and checked against its digest in the eval folder's manifest (`listed`) before
+    it is parsed."""
+    data = manifest.checked_bytes(path.parent, path.name, listed)
+    result = io.read_json_bytes(path, data, int64=True)
     with _reading(path):
         if result["epoch"] != epoch:
             raise ValueError(f"{path}: holds epoch {result['epoch']}, expected {epoch}")
@@ -279,7 +282,10 @@ def _read_eval(
     # from the JSON (`ladder evaluate` checks every member when it caches them).
     npz = path.with_suffix(predictions.SUFFIX)
     predicted = predictions.read(
-        npz, predictions.expected(images, tta=bool(tta)), kinds=("test_plain", "test_tta")
+        npz,
+        predictions.expected(images, tta=bool(tta)),
+        kinds=("test_plain", "test_tta"),
+        data=manifest.checked_bytes(npz.parent, npz.name, listed),
     )
     correct = {}
     for kind, pred in predicted.items():
@@ -436,6 +442,7 @@ def _read_experiment(
         epochs = sorted(int(e) for e in run_config["checkpoint_epochs"])
         if not epochs:
             raise ValueError(f"{run / 'config.json'}: no checkpoint_epochs")
+    listed = manifest.read(run / "eval")  # each file's digest is checked as it is read
     _check_evaluated_with(run / "eval", configs / "evaluate.json")
 
     history = _read_csv(run / "history.csv", HISTORY_COLUMNS)
@@ -448,7 +455,9 @@ def _read_experiment(
     steps["acc"] *= 100
     steps.insert(0, "experiment", name)
 
-    evals = [_read_eval(run / "eval" / f"epoch_{e:03d}.json", name, e, labels) for e in epochs]
+    evals = [
+        _read_eval(run / "eval" / f"epoch_{e:03d}.json", name, e, labels, listed) for e in epochs
+    ]
     rows = [row for row, _, _ in evals]
     has_tta = {"test_tta" in correct for _, _, correct in evals}
     if len(has_tta) > 1:
