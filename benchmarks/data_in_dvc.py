@@ -81,7 +81,9 @@ def packed(images: Path) -> Path:
     tar = images.parent.with_suffix(".tar")  # work/images-<size>.tar
     if not tar.exists():
         tmp = tar.with_suffix(".tar.tmp")
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
+        # GNU, as `tar cf` writes: PAX (Python's default) adds a header per file for its
+        # sub-second mtime, twice the size for tiny images.
+        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tf:
             tf.add(images, arcname="images")  # recursive, each folder's entries sorted
         tmp.replace(tar)
     return tar
