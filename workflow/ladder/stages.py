@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from ladder.augment_registry import MIXER_CODE, OPS
+from ladder.data import sources_on_disk
 from ladder.data.registry import SOURCES
 from ladder.model_registry import MODELS
 
@@ -178,12 +179,9 @@ STAGES: dict[str, Stage] = {
             deps={},
             outs={
                 "configs": Out(CONFIGS, folder=True, manifest=False),
-                **{
-                    f"source_{key}": Out(
-                        f"{SOURCE}/{key}", folder=True, manifest=False, cache=False
-                    )
-                    for key in ("path", "test_path")
-                },
+                # What the links to the dataset's folders name, not the links: DVC would hash
+                # the folders for this output too (ladder.data.sources_on_disk).
+                "sources": Out(f"{SOURCE}/{sources_on_disk.LINKS}", cache=False),
             },
             code=(
                 *_code("config.py", "data/sources_on_disk.py"),
@@ -201,7 +199,7 @@ STAGES: dict[str, Stage] = {
             name="download",
             cmd=_ladder("download", f"--settings {CONFIGS}/download.json --out {RAW}"),
             deps={"settings": f"{CONFIGS}/download.json"},
-            dvc_deps=(f"{SOURCE}/path", f"{SOURCE}/test_path"),
+            dvc_deps=tuple(f"{SOURCE}/{key}" for key in sources_on_disk.KEYS),
             outs={"raw": Out(RAW, folder=True, dvc_files=False)},
             # The source's own files are not here: download.json records their digests
             # (ladder.config.source_code), so editing another source reruns nothing.
