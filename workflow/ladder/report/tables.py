@@ -165,7 +165,10 @@ def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: missing columns {', '.join(missing)}")
     with _reading(path):
-        return frame[columns].astype(float).astype({"epoch": int})
+        # Column by column: the frame's astype, twice, was 3/4 of reading a run's small CSVs.
+        table = {c: frame[c].astype(float) for c in columns}
+        table["epoch"] = table["epoch"].astype(int)
+        return pd.DataFrame(table)
 
 
 # The prepared files the report reads (labels, class names, a few train images), and the files
