@@ -53,28 +53,34 @@ class Cell:
     lines: tuple[tuple[str, str], ...] = ()
 
 
+def _missing(value) -> bool:
+    """pd.isna of one value (None, NaN, pd.NA), without its dispatch: the page formats a few
+    numbers per checkpoint, hundreds of thousands at 1,000 experiments."""
+    return value is None or value is pd.NA or value != value
+
+
 def _num(value, digits: int = 2) -> str:
-    return "" if pd.isna(value) else f"{value:.{digits}f}"
+    return "" if _missing(value) else f"{value:.{digits}f}"
 
 
 def _int(value) -> str:
-    return "" if pd.isna(value) else str(int(value))
+    return "" if _missing(value) else str(int(value))
 
 
 def _signed(value) -> str:
-    return "" if pd.isna(value) else f"{value:+.2f}"
+    return "" if _missing(value) else f"{value:+.2f}"
 
 
 def interval(low, high, signed: bool = False) -> str:
     """`[45.24, 64.39]`, or `[-6.00, +8.00]` for a difference; empty for a missing one."""
-    if pd.isna(low) or pd.isna(high):
+    if _missing(low) or _missing(high):
         return ""
     fmt = _signed if signed else _num
     return f"[{fmt(low)}, {fmt(high)}]"
 
 
 def p_value(p) -> str:
-    return "" if pd.isna(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
+    return "" if _missing(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
 
 
 # A table row as the columns read it: column name -> value (`_records`).
@@ -138,7 +144,7 @@ def _accuracy(column: str, group: str, header: str, strong: bool = False) -> Col
     def notes(row: Row) -> list[tuple[str, str]]:
         lines = [(interval(row[f"{column}_low"], row[f"{column}_high"]), "")]
         spread = f"{column}_sd"
-        if spread in row and not pd.isna(row[spread]):
+        if spread in row and not _missing(row[spread]):
             lines.append((f"sd {row[spread]:.2f}, {int(row['replicates'])} seeds", ""))
         return lines
 
@@ -183,7 +189,7 @@ def _noted(header: str, group: str, value: Callable, note: Callable, css: str = 
 
 
 def _epoch_note(column: str) -> Callable[[Row], str]:
-    return lambda row: "" if pd.isna(row[column]) else f"epoch {int(row[column])}"
+    return lambda row: "" if _missing(row[column]) else f"epoch {int(row[column])}"
 
 
 def _delta(column: str, header: str, low: str, high: str, p: str, noise: str) -> Column:
@@ -191,11 +197,11 @@ def _delta(column: str, header: str, low: str, high: str, p: str, noise: str) ->
     when up and red when down if it is beyond noise, grey and marked "within noise" if not."""
 
     def within(row: Row) -> bool:
-        return not pd.isna(row[noise]) and bool(row[noise])
+        return not _missing(row[noise]) and bool(row[noise])
 
     def css(row: Row) -> str:
         value = row[column]
-        if pd.isna(value):
+        if _missing(value):
             return ""
         if within(row):
             return "noise"
@@ -227,15 +233,15 @@ def _seed_figure() -> Column:
     it), then its plain test, train and val numbers under it."""
 
     def value(row: Row) -> str:
-        given = any(not pd.isna(row[c]) for c in ("ref_train", "ref_val"))
+        given = any(not _missing(row[c]) for c in ("ref_train", "ref_val"))
         return _num(row["ref_test"]) or ("–" if given else "")
 
     def notes(row: Row) -> list[tuple[str, str]]:
-        plain = "" if pd.isna(row["ref_test_plain"]) else f"{row['ref_test_plain']:.2f} no TTA"
+        plain = "" if _missing(row["ref_test_plain"]) else f"{row['ref_test_plain']:.2f} no TTA"
         splits = [
             (f"{k} {row[f'ref_{k}']:.2f}", "")
             for k in ("train", "val")
-            if not pd.isna(row[f"ref_{k}"])
+            if not _missing(row[f"ref_{k}"])
         ]
         return [(plain, ""), *splits]
 
@@ -247,7 +253,7 @@ def _epoch_figure() -> Column:
 
     def notes(row: Row) -> list[tuple[str, str]]:
         stopped = row["stopped_early"]
-        if pd.isna(stopped):
+        if _missing(stopped):
             return [(f"of {_int(row['epochs'])}", "")]
         return [(f"of {_int(row['epochs'])}", ""), (f"stopped at {_int(stopped)}", "")]
 
