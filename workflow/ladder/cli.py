@@ -31,12 +31,12 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
 
 def _configure(args: argparse.Namespace) -> None:
     from ladder import config
-    from ladder.data import sources_on_disk
+    from ladder.data import source_links
 
     params = config.load(args.params)
     config.check_runnable(params)
     written = config.write_settings(params, args.out_dir)
-    sources_on_disk.write_links(params.download_settings(), args.sources)
+    source_links.write_links(params.download_settings(), args.sources)
     log.info("%d settings file(s) changed in %s", len(written), args.out_dir)
 
 

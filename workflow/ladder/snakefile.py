@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ladder import config, engines, io, manifest, stages, workspace
-from ladder.data import sources_on_disk
+from ladder.data import source_links, sources_on_disk
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def load(
     loaded = Load(plan_only=not holder)
     if holder:
         config.write_settings(params, root / stages.CONFIGS)
-        sources_on_disk.write_links(params.download_settings(), root / stages.SOURCE)
+        source_links.write_links(params.download_settings(), root / stages.SOURCE)
     else:
         _overlay(params, root, loaded)
     if holder or workspace.free(root):

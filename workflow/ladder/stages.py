@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from ladder.augment_registry import MIXER_CODE, OPS
-from ladder.data import sources_on_disk
+from ladder.data import source_links, sources_on_disk
 from ladder.data.registry import SOURCES
 from ladder.model_registry import MODELS
 
@@ -45,7 +45,7 @@ PARAMS = "params.yaml"
 SCHEMA = "workflow/schemas/params.schema.yaml"
 CONFIGS = "results/configs"
 RAW = "results/data/raw"
-SOURCE = "results/data/source"  # links to a folder dataset's folders (ladder.data.sources_on_disk)
+SOURCE = "results/data/source"  # links to a folder dataset's folders (ladder.data.source_links)
 PREPARED = "results/data/prepared"
 STATS = "results/data/stats.json"
 RUNS = "results/experiments"
@@ -180,11 +180,11 @@ STAGES: dict[str, Stage] = {
             outs={
                 "configs": Out(CONFIGS, folder=True, manifest=False),
                 # What the links to the dataset's folders name, not the links: DVC would hash
-                # the folders for this output too (ladder.data.sources_on_disk).
-                "sources": Out(f"{SOURCE}/{sources_on_disk.LINKS}", cache=False),
+                # the folders for this output too (ladder.data.source_links).
+                "sources": Out(f"{SOURCE}/{source_links.LINKS}", cache=False),
             },
             code=(
-                *_code("config.py", "data/sources_on_disk.py"),
+                *_code("config.py", "data/source_links.py", "data/sources_on_disk.py"),
                 *_REGISTRIES,
                 SCHEMA,
                 # ... whose digests it writes into each experiment's code record

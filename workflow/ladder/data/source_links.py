@@ -1,0 +1,54 @@
+"""The links DVC hashes a folder dataset through: results/data/source/{path,test_path} point to
+the folders `dataset.path` and `dataset.test_path` name (an empty folder for an unset one), and
+are dependencies of `download` (ladder.data.sources_on_disk says how each engine sees an edit).
+
+`configure` makes them (so does the Snakefile as it loads). Its output in DVC is `links.json`
+beside them (what each link names), not the links: as an output too, every folder would be
+hashed twice per `dvc status` (65 µs a file instead of 36, measured at 20k files). A workspace
+without the record (a clone after `dvc pull`) reruns `configure`, which makes the links again.
+A module of its own, apart from ladder.data.sources_on_disk (which `download` runs): editing how
+the links are made reruns `configure` only.
+
+Light: the Snakefile imports it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ladder import io
+from ladder.data.sources_on_disk import KEYS
+
+LINKS = "links.json"  # beside the links: what each names
+
+
+def write_links(settings: dict, root: str | Path) -> None:
+    """results/data/source/<key>: a link to the folder `settings[key]` names, or an empty folder
+    when it names none, or none that exists (DVC needs a path it can hash either way; the import
+    says what is missing)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    names = {}
+    for key in KEYS:
+        link = root / key
+        target = settings.get(key)
+        want = Path(target).resolve() if target and Path(target).exists() else None
+        names[key] = None if want is None else str(want)
+        if want is not None and link.is_symlink() and link.readlink() == want:
+            continue
+        if want is None and link.is_dir() and not link.is_symlink() and not any(link.iterdir()):
+            continue
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.is_dir():
+            link.rmdir()  # an empty placeholder; never anything else
+        if want is None:
+            link.mkdir()
+        else:
+            tmp = root / f".{key}.tmp"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(want)
+            tmp.replace(link)
+    # Written after the links: where the record is, they are.
+    io.write_if_changed(root / LINKS, json.dumps(names, indent=1, sort_keys=True) + "\n")
