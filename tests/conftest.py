@@ -10,6 +10,7 @@ import http.server
 import importlib.util
 import io as stdio
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -155,6 +156,11 @@ def flip_a_byte(path: Path) -> None:
         f.seek(st.st_size // 2)
         f.write(bytes([byte[0] ^ 0xFF]))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def dvc_ran(stdout: str) -> set[str]:
+    """The stages a `dvc repro` ran, from its output (not the ones it found unchanged)."""
+    return set(re.findall(r"Running stage '([^']+)'", stdout))
 
 
 def md5(path: Path) -> str:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import REPO, Project, make_tinyimagenet_zip, md5, serving
+from conftest import REPO, Project, dvc_ran, make_tinyimagenet_zip, md5, serving
 from ladder import stages, workspace
 
 pytestmark = pytest.mark.slow
@@ -89,8 +89,7 @@ def dvc_changed(project: Project) -> set[str]:
 
 def dvc_repro(project: Project, *targets: str) -> set[str]:
     """Run `dvc repro`; return the stages it really ran (not the ones it found unchanged)."""
-    out = project.run("dvc", "repro", *targets).stdout
-    return set(re.findall(r"Running stage '([^']+)'", out)) - {"configure"}
+    return dvc_ran(project.run("dvc", "repro", *targets).stdout) - {"configure"}
 
 
 def nothing_to_do(project: Project) -> None:

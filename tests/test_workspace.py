@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, REPO, Deadline, Project, finish
+from conftest import BIN, REPO, Deadline, Project, dvc_ran, finish
 from ladder import io, stages, workspace
 
 pytestmark = pytest.mark.slow
@@ -343,12 +343,23 @@ def test_a_folder_dataset_edit_reruns_the_import_in_both_engines(tmp_path):
     target = stages.manifest(stages.PREPARED)
     assert "Nothing to be done" in project.snakemake(target, "-n").stdout
     shutil.move(images / "7", tmp_path / "7")  # a class removed from the dataset
-    assert "download" in project.run("dvc", "status").stdout
+    # DVC sees it through configure's link to the folder; configure's new listings rerun the
+    # import (ladder.data.source_links).
+    assert "results/data/source/path" in project.run("dvc", "status").stdout
     plan = project.snakemake(target, "-n")
     assert re.search(r"^rule download:", plan.stdout, re.M), plan.stdout
     assert "dataset.path" in plan.stderr
     shutil.move(tmp_path / "7", images / "7")  # back, files and times as they were
     assert "Nothing to be done" in project.snakemake(target, "-n").stdout
+    assert "up to date" in project.run("dvc", "status", "prepare").stdout
+
+    # DVC runs the import again for the edit; a removed link is made again, and nothing else.
+    shutil.move(images / "7", tmp_path / "7")
+    assert dvc_ran(project.run("dvc", "repro", "prepare", expected=30).stdout) == {
+        "configure", "download", "prepare",
+    }  # fmt: skip
+    project.path("results/data/source/path").unlink()
+    assert dvc_ran(project.run("dvc", "repro", "prepare", expected=30).stdout) == {"configure"}
     assert "up to date" in project.run("dvc", "status", "prepare").stdout
 
 

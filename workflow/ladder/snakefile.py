@@ -97,16 +97,18 @@ def load(
         workspace.hold_dvc(root)
     config.check_runnable(params, root)
     loaded = Load(plan_only=not holder)
+    # A folder dataset's listings, taken once: the links' record and changed_sources read them.
+    listed = sources_on_disk.listings(params.download_settings())
     if holder:
         config.write_settings(params, root / stages.CONFIGS)
-        source_links.write_links(params.download_settings(), root / stages.SOURCE)
+        source_links.write_links(params.download_settings(), root / stages.SOURCE, listed)
     else:
         _overlay(params, root, loaded)
     if holder or workspace.free(root):
         engines.adopt_dvc_results(params.selected, root, dvc_lock_held=holder)
     loaded.forced = {
         **changed_settings(params, root),
-        **changed_sources(params, root),
+        **changed_sources(params, root, listed),
         **damaged_outputs(params, root),
     }
     if kind == "touch":
@@ -319,21 +321,18 @@ def _problem(root: Path, path: str, out: stages.Out) -> str | None:
     return None
 
 
-def changed_sources(params: config.Params, root: Path) -> dict[str, str]:
+def changed_sources(params: config.Params, root: Path, listed: dict) -> dict[str, str]:
     """The raw data's manifest -> why, when a folder dataset's files changed since `download`
-    imported them (the listings it recorded differ from the folders' now)."""
+    imported them (the listings it recorded differ from `listed`, the folders' now)."""
     raw = root / stages.RAW
     recorded = manifest.made_with(raw)
     if not recorded:
         return {}
     settings = params.download_settings()
     for key in sources_on_disk.KEYS:
-        if not settings.get(key):
-            continue
-        try:
-            now = sources_on_disk.listing(settings[key])
-        except OSError:
-            continue  # gone: the import itself says so
+        now = listed.get(f"dataset.{key}")
+        if now is None:
+            continue  # unset, or gone: the import itself says so
         if recorded.get(f"dataset.{key}") != now:
             why = f"dataset.{key} ({settings[key]}) changed since it was imported"
             return {stages.manifest(stages.RAW): why}

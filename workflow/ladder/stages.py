@@ -179,8 +179,14 @@ STAGES: dict[str, Stage] = {
             deps={},
             outs={
                 "configs": Out(CONFIGS, folder=True, manifest=False),
-                # What the links to the dataset's folders name, not the links: DVC would hash
-                # the folders for this output too (ladder.data.source_links).
+                # Links to the dataset's folders, which DVC hashes, and their record, which
+                # `download` depends on (ladder.data.source_links).
+                **{
+                    f"source_{key}": Out(
+                        f"{SOURCE}/{key}", folder=True, manifest=False, cache=False
+                    )
+                    for key in sources_on_disk.KEYS
+                },
                 "sources": Out(f"{SOURCE}/{source_links.LINKS}", cache=False),
             },
             code=(
@@ -199,7 +205,7 @@ STAGES: dict[str, Stage] = {
             name="download",
             cmd=_ladder("download", f"--settings {CONFIGS}/download.json --out {RAW}"),
             deps={"settings": f"{CONFIGS}/download.json"},
-            dvc_deps=tuple(f"{SOURCE}/{key}" for key in sources_on_disk.KEYS),
+            dvc_deps=(f"{SOURCE}/{source_links.LINKS}",),
             outs={"raw": Out(RAW, folder=True, dvc_files=False)},
             # The source's own files are not here: download.json records their digests
             # (ladder.config.source_code), so editing another source reruns nothing.

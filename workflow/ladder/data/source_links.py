@@ -1,11 +1,15 @@
 """The links DVC hashes a folder dataset through: results/data/source/{path,test_path} point to
-the folders `dataset.path` and `dataset.test_path` name (an empty folder for an unset one), and
-are dependencies of `download` (ladder.data.sources_on_disk says how each engine sees an edit).
+the folders `dataset.path` and `dataset.test_path` name (an empty folder for an unset one)
+(ladder.data.sources_on_disk says how each engine sees an edit of their files).
 
-`configure` makes them (so does the Snakefile as it loads). Its output in DVC is `links.json`
-beside them (what each link names), not the links: as an output too, every folder would be
-hashed twice per `dvc status` (65 µs a file instead of 36, measured at 20k files). A workspace
-without the record (a clone after `dvc pull`) reruns `configure`, which makes the links again.
+`configure` makes them (so does the Snakefile as it loads); they are its outputs in DVC, which
+hashes the folders through them, and it records beside them, in `links.json`, what each names
+and the folders' listings (every file's name, size and mtime, as `download` records them). That
+record, not the links, is what `download` depends on: with the links as its dependency too, DVC
+hashed every folder twice per `dvc status` (65 µs a file instead of 36, measured at 20k files).
+So an edit of the dataset changes `configure`'s outputs, `configure` reruns and writes new
+listings, and the import reruns; a link removed, or a clone after `dvc pull`, reruns
+`configure`, which makes it again, and nothing after it.
 A module of its own, apart from ladder.data.sources_on_disk (which `download` runs): editing how
 the links are made reruns `configure` only.
 
@@ -18,15 +22,17 @@ import json
 from pathlib import Path
 
 from ladder import io
+from ladder.data import sources_on_disk
 from ladder.data.sources_on_disk import KEYS
 
-LINKS = "links.json"  # beside the links: what each names
+LINKS = "links.json"  # beside the links: what each names, and the folders' listings
 
 
-def write_links(settings: dict, root: str | Path) -> None:
+def write_links(settings: dict, root: str | Path, listings: dict | None = None) -> None:
     """results/data/source/<key>: a link to the folder `settings[key]` names, or an empty folder
     when it names none, or none that exists (DVC needs a path it can hash either way; the import
-    says what is missing)."""
+    says what is missing); and the record beside them. `listings`: the folders' listings
+    (sources_on_disk.listings), where the caller has taken them already."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     names = {}
@@ -50,5 +56,7 @@ def write_links(settings: dict, root: str | Path) -> None:
             tmp.unlink(missing_ok=True)
             tmp.symlink_to(want)
             tmp.replace(link)
-    # Written after the links: where the record is, they are.
-    io.write_if_changed(root / LINKS, json.dumps(names, indent=1, sort_keys=True) + "\n")
+    if listings is None:
+        listings = sources_on_disk.listings(settings)
+    record = {"links": names, "listings": listings}
+    io.write_if_changed(root / LINKS, json.dumps(record, indent=1, sort_keys=True) + "\n")

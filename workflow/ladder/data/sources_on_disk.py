@@ -5,9 +5,10 @@ Both engines rerun the import when those files change:
 - Snakemake: `download` records the listing of each folder (every file's name, size and
   modification time) in what it made (ladder.manifest.made_with); as the Snakefile loads, the
   listing is taken again, and a different one forces the import (ladder.snakefile).
-- DVC: results/data/source/{path,test_path} are links to those folders, dependencies of
-  `download`: DVC hashes what they point to (its state cache keyed on each file's inode, size
-  and mtime). `configure` makes them (ladder.data.source_links).
+- DVC: results/data/source/{path,test_path} are links to those folders, outputs of
+  `configure`: DVC hashes what they point to (its state cache keyed on each file's inode, size
+  and mtime), and `configure`, rerun when that changes, records the listings that `download`
+  depends on (ladder.data.source_links).
 So in both an edit is seen through names, sizes and mtimes; one that keeps a file's size and
 mtime (`cp -p`, `touch -r`) is not, by either engine: `touch` the file, or force the import
 (README, "When something goes wrong").
