@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from ladder import io, manifest
+from ladder import io, manifest, stages
 from ladder.report import build_report, figures
 from ladder.report.html import DELTA_TEST, DELTA_TTA
 from ladder.report.tables import changes
@@ -606,6 +606,37 @@ def test_a_bad_input_fails_naming_it_and_leaves_the_old_report(tmp_path, corrupt
     assert [p.name for p in old.iterdir()] == ["index.html"]
     assert (old / "index.html").read_text(encoding="utf-8") == "previous report"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_report_by_hand_neither_takes_nor_replaces_the_engines_last_report(tmp_path):
+    """`ladder report --out <folder>` by hand: the last complete report of results/report (kept
+    for the engines, which pass --last) is not put into that folder while it is built, so a
+    failed build leaves no complete-looking old report there, and a finished one does not take
+    its place as results/report's last."""
+    inputs = write_inputs(tmp_path / "in")
+    last = tmp_path / stages.LAST_REPORT
+    last.mkdir(parents=True)
+    (last / "index.html").write_text("the engines' last report", encoding="utf-8")
+
+    def report(out: str) -> subprocess.CompletedProcess:
+        args = [f"--{k}={v}" for k, v in inputs.items()]
+        return subprocess.run(
+            [sys.executable, "-m", "ladder", "report", *args, f"--out={out}"],
+            cwd=tmp_path, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    selection = inputs["selection"].read_text()
+    _break_selection(inputs)
+    failed = report("by-hand")
+    assert failed.returncode != 0, failed.stderr
+    assert "Traceback" not in failed.stderr, failed.stderr
+    assert not (tmp_path / "by-hand").exists()
+    inputs["selection"].write_text(selection)
+    done = report("by-hand")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "by-hand" / "index.html").stat().st_size > 1000
+    assert [p.name for p in last.iterdir()] == ["index.html"]
+    assert (last / "index.html").read_text(encoding="utf-8") == "the engines' last report"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -343,8 +343,9 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--last",
         type=Path,
-        default=Path(stages.CACHE) / "report",
-        help="a copy of the last complete report, put back while a new one is built",
+        help="a copy of the last complete report of --out, put back while a new one is built "
+        "(the engines pass results/cache/report; by hand, none: another folder's report is "
+        "neither put back into --out nor replaced by it)",
     )
     rep.set_defaults(func=_report)
 

@@ -55,6 +55,7 @@ RESUME = "results/resume"  # training state, outside every declared output
 FINISHED = "finished.json"  # in a resume folder: its run ended (what repeats its outputs)
 FAILED = "results/failed"  # a diverged run's last good checkpoints, for its user
 CACHE = "results/cache"  # evaluations by content (checkpoint, settings, data), outside outputs
+LAST_REPORT = f"{CACHE}/report"  # the last complete report, put back while a new one is built
 LOGS = "logs"
 ENV = "workflow/envs/ladder.yaml"  # every rule's conda environment, generated (conda_env)
 EXP_CONFIGS = f"{CONFIGS}/experiments/{{exp}}"
@@ -279,7 +280,7 @@ STAGES: dict[str, Stage] = {
             cmd=_ladder(
                 "report",
                 f"--selection {CONFIGS}/selection.json --configs {CONFIGS}/experiments"
-                f" --runs {RUNS} --data {PREPARED} --out {REPORT}",
+                f" --runs {RUNS} --data {PREPARED} --out {REPORT} --last {LAST_REPORT}",
             ),
             deps={"selection": f"{CONFIGS}/selection.json", "prepared": manifest(PREPARED)},
             each_experiment=(
