@@ -164,13 +164,14 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def _json_text(obj: Any) -> str:
+def json_text(obj: Any) -> str:
+    """The project's JSON layout: sorted keys, two-space indents, a final newline."""
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Sorted keys and a fixed layout: equal settings give byte-identical files in both engines."""
-    write_text(path, _json_text(obj))
+    write_text(path, json_text(obj))
 
 
 def write_if_changed(path: str | Path, text: str) -> bool:
@@ -188,7 +189,7 @@ def write_if_changed(path: str | Path, text: str) -> bool:
 def record_text(obj: dict) -> str:
     """The text of a record: `obj` with the digest of its canonical JSON added."""
     canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
-    return _json_text({**obj, RECORD_DIGEST: digest.bytes_digest(canonical.encode())})
+    return json_text({**obj, RECORD_DIGEST: digest.bytes_digest(canonical.encode())})
 
 
 def write_record(path: str | Path, obj: dict) -> None:

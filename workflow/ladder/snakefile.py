@@ -98,17 +98,18 @@ def load(
     config.check_runnable(params, root)
     loaded = Load(plan_only=not holder)
     # A folder dataset's listings, taken once: the links' record and changed_sources read them.
-    listed = sources_on_disk.listings(params.download_settings())
+    sources = params.download_settings()
+    listed = sources_on_disk.listings(sources)
     if holder:
         config.write_settings(params, root / stages.CONFIGS)
-        source_links.write_links(params.download_settings(), root / stages.SOURCE, listed)
+        source_links.write_links(sources, root / stages.SOURCE, listed)
     else:
         _overlay(params, root, loaded)
     if holder or workspace.free(root):
         engines.adopt_dvc_results(params.selected, root, dvc_lock_held=holder)
     loaded.forced = {
         **changed_settings(params, root),
-        **changed_sources(params, root, listed),
+        **changed_sources(sources, root, listed),
         **damaged_outputs(params, root),
     }
     if kind == "touch":
@@ -321,14 +322,14 @@ def _problem(root: Path, path: str, out: stages.Out) -> str | None:
     return None
 
 
-def changed_sources(params: config.Params, root: Path, listed: dict) -> dict[str, str]:
+def changed_sources(settings: dict, root: Path, listed: dict) -> dict[str, str]:
     """The raw data's manifest -> why, when a folder dataset's files changed since `download`
-    imported them (the listings it recorded differ from `listed`, the folders' now)."""
+    imported them (the listings it recorded differ from `listed`, the folders' now; `settings`:
+    the download's)."""
     raw = root / stages.RAW
     recorded = manifest.made_with(raw)
     if not recorded:
         return {}
-    settings = params.download_settings()
     for key in sources_on_disk.KEYS:
         now = listed.get(f"dataset.{key}")
         if now is None:

@@ -18,12 +18,10 @@ Light: the Snakefile imports it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ladder import io
 from ladder.data import sources_on_disk
-from ladder.data.sources_on_disk import KEYS
 
 LINKS = "links.json"  # beside the links: what each names, and the folders' listings
 
@@ -36,7 +34,7 @@ def write_links(settings: dict, root: str | Path, listings: dict | None = None) 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     names = {}
-    for key in KEYS:
+    for key in sources_on_disk.KEYS:
         link = root / key
         target = settings.get(key)
         want = Path(target).resolve() if target and Path(target).exists() else None
@@ -59,4 +57,4 @@ def write_links(settings: dict, root: str | Path, listings: dict | None = None) 
     if listings is None:
         listings = sources_on_disk.listings(settings)
     record = {"links": names, "listings": listings}
-    io.write_if_changed(root / LINKS, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    io.write_if_changed(root / LINKS, io.json_text(record))
