@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -47,7 +46,7 @@ import yaml
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scheduler import scratch_copy  # one way to copy a tree to measure
+from scheduler import cpu_of, scratch_copy  # one way to copy a tree and time a command
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 100  # fewer below 5000 images, so that a stratified split has one of each in val/test
@@ -89,17 +88,6 @@ def packed(images: Path) -> Path:
     return tar
 
 
-def cpu_of(cmd: list[str], cwd: Path, env: dict) -> float:
-    """CPU seconds of `cmd` and its children."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=JOB_SECONDS, check=False)  # fmt: skip
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{(done.stdout + done.stderr)[-3000:]}")
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-
 def disk_kb(*paths: Path) -> int:
     """Blocks used under `paths` together, each inode once (du counts a hard link once)."""
     out = subprocess.run(["du", "-skc", *map(str, paths)], capture_output=True, text=True,
@@ -133,16 +121,16 @@ def measure(tree: Path, scratch: Path, images: Path, size: int, import_only: boo
     dvc = str(Path(sys.executable).parent / "dvc")
     row = {}
     for name in STAGES[:2] if import_only else STAGES:
-        seconds = cpu_of(stages[name]["cmd"].split(), work, env)
+        seconds = cpu_of(stages[name]["cmd"].split(), work, env, JOB_SECONDS)
         if name == "download":
             row["import CPU-s"] = seconds
     if import_only:
         row["import CPU-s per 1000"] = row["import CPU-s"] / size * 1000
         shutil.rmtree(work)
         return row
-    row["dvc commit CPU-s"] = cpu_of([dvc, "commit", "--force", *STAGES], work, env)
-    cpu_of([dvc, "status"], work, env)
-    row["dvc status CPU-s"] = cpu_of([dvc, "status"], work, env)
+    row["dvc commit CPU-s"] = cpu_of([dvc, "commit", "--force", *STAGES], work, env, JOB_SECONDS)
+    cpu_of([dvc, "status"], work, env, JOB_SECONDS)
+    row["dvc status CPU-s"] = cpu_of([dvc, "status"], work, env, JOB_SECONDS)
     row["disk MB"] = (disk_kb(images, work / "results", work / ".dvc" / "cache")
                       - disk_kb(images)) / 1000  # fmt: skip
     row["cache MB"] = disk_kb(work / ".dvc" / "cache") / 1000

@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from resolution import SIZES, ladder  # one generator of ladders of each size
-from scheduler import scratch_copy  # one way to copy a tree to measure
+from scheduler import cpu_of, scratch_copy  # one way to copy a tree and time a command
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {
@@ -42,26 +40,16 @@ COMMANDS = {
 }
 
 
-def run(cmd: list[str], cwd: Path, env: dict) -> float:
-    """CPU seconds of `cmd` and the processes it starts; it must succeed."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{done.stderr[-3000:]}")
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-
 def workspace(tree: Path, scratch: Path, n: int) -> tuple[Path, dict]:
     """A copy of `tree`'s workflow planning a ladder of `n` experiments, configured by DVC."""
     work, env = scratch_copy(tree, scratch)
     env |= {"DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(scratch / "dvc-site")}
     (work / "params.yaml").write_text(yaml.safe_dump(ladder(n), sort_keys=False))
-    run(["git", "init", "-q"], work, env)
-    run(["dvc", "init", "-q"], work, env)
+    cpu_of(["git", "init", "-q"], work, env)
+    cpu_of(["dvc", "init", "-q"], work, env)
     if (tree / ".dvc" / "config").is_file():  # the shipped cache settings
         shutil.copy2(tree / ".dvc" / "config", work / ".dvc" / "config")
-    run(["dvc", "repro", "-q", "configure"], work, env)
+    cpu_of(["dvc", "repro", "-q", "configure"], work, env)
     return work, env
 
 
@@ -71,7 +59,7 @@ def measure(tree: Path, scratch: Path, sizes: list[int], repeats: int) -> dict[s
     for n in sizes:
         work, env = workspace(tree, scratch / str(n), n)
         for what, cmd in COMMANDS.items():
-            rows[what][n] = min(run(cmd, work, env) for _ in range(repeats))
+            rows[what][n] = min(cpu_of(cmd, work, env) for _ in range(repeats))
         shutil.rmtree(scratch / str(n))
     return rows
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,18 @@ def own_cpu(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{err[-3000:]}")
     return cpu, time.perf_counter() - started
+
+
+def cpu_of(cmd: list[str], cwd: Path, env: dict, timeout: float | None = None) -> float:
+    """CPU seconds of `cmd` and every process it starts (RUSAGE_CHILDREN), so that other work
+    on the machine does not count; it must succeed within `timeout` seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)  # fmt: skip
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{(done.stdout + done.stderr)[-3000:]}")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def scratch_copy(tree: Path, scratch: Path) -> tuple[Path, dict]:
