@@ -6,9 +6,9 @@ once for the module. Credentials reach DVC and Snakemake through the environment
   cached output comes back byte for byte, and neither engine recomputes a result (DVC only
   remakes `configure`'s links to the dataset folders); `dvc gc --workspace --cloud` deletes from
   the bucket what the workspace no longer uses, and only that.
-- Snakemake (snakemake-storage-plugin-s3): a DAG with a file and a folder output runs with every
-  input and output in the bucket, and a second run has nothing to do. The ladder's own workflow
-  does not run that way yet, and the last test pins down where it stops (README, "Kubernetes").
+- Snakemake (snakemake-storage-plugin-s3): a DAG with a file and a folder output, then the
+  ladder itself, run with every input and output in the bucket (what Kubernetes needs; README,
+  "Kubernetes"), and a second run has nothing to do.
 """
 
 from __future__ import annotations
@@ -391,15 +391,75 @@ def test_snakemake_runs_a_dag_with_every_file_in_the_bucket(tmp_path, s3):
     assert "Nothing to be done" in snakemake().stderr
 
 
-def test_the_ladder_s_workflow_stops_before_any_job_with_default_storage(tmp_path, s3):
-    """Not supported yet (README): the rules' code and settings files are read from the
-    workspace, not from a bucket, so Snakemake finds them missing there. (Past that, the jobs'
-    commands name the workspace's paths, not Snakemake's local copies of the bucket's files.)"""
-    project = S3Project(tmp_path / "p", tiny_params(), s3.env())
-    done = project.snakemake("report", *storage_options(s3, "ladder"), check=False, expected=3)
-    assert done.returncode != 0
-    assert "MissingInputException" in done.stderr
-    base = f"s3://{s3.bucket}/ladder"
-    assert f"{base}/results/configs/download.json (in storage)" in done.stderr
-    assert f"{base}/workflow/ladder/data/download.py (in storage)" in done.stderr
-    assert s3.keys("ladder/") == set()
+def _bucket_files(s3: S3, prefix: str) -> dict[str, bytes]:
+    """Workspace path -> bytes of every object under `prefix/` but Snakemake's markers."""
+    client, found = s3.client(), {}
+    for key in s3.keys(f"{prefix}/"):
+        if not key.endswith("/.snakemake_timestamp"):
+            body = client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+            found[key.removeprefix(f"{prefix}/")] = body
+    return found
+
+
+def _workspace_files(project: Project, paths) -> dict[str, bytes]:
+    found = {}
+    for rel in paths:
+        top = project.path(rel)
+        for p in [top] if top.is_file() else sorted(top.rglob("*")):
+            if p.is_file() and p.name != ".snakemake_timestamp":
+                found[str(p.relative_to(project.root))] = p.read_bytes()
+    return found
+
+
+def test_the_ladder_runs_with_every_result_in_the_bucket(tmp_path, s3, project):
+    """Snakemake's Kubernetes route on this machine: every result and log goes through the
+    bucket (the jobs name Snakemake's local copies), the workspace keeps none of them, the bytes
+    are the workspace's (DVC's run of the same params, `project`), and an edit reruns exactly
+    its consequence."""
+    ladder = S3Project(tmp_path / "p", tiny_params(), s3.env())
+    options = storage_options(s3, "k8s")
+    ladder.snakemake("report", *options, expected=60)
+    stored = _bucket_files(s3, "k8s")
+
+    selected = list(ladder.params["experiments"])
+    declared = {
+        path.replace("{exp}", exp) if exp else path
+        for stage in stages.STAGES.values()
+        if stage.name != "configure"
+        for exp in (selected if stage.foreach else [None])
+        for path in (*stage.out_paths, stage.log)
+    }
+    for path in declared:  # each output in the bucket (a folder: its files), none here
+        assert path in stored or any(k.startswith(f"{path}/") for k in stored), path
+        assert not ladder.path(path).exists(), path
+    outside = [k for k in stored if not any(k == p or k.startswith(f"{p}/") for p in declared)]
+    assert outside == []  # and nothing else
+
+    # The same data, statistics and weights as the workspace's run; what the jobs record they
+    # read is named by its workspace path, never by Snakemake's local copy.
+    same = [stages.PREPARED, stages.manifest(stages.PREPARED), stages.STATS]
+    same += [f"results/experiments/{exp}/checkpoints" for exp in selected]
+    here = _workspace_files(project, same)
+    here = {k: v for k, v in here.items() if not k.endswith("/MANIFEST.json")}  # timings
+    assert len(here) > 10
+    assert {k: stored.get(k) for k in here} == here
+    made_with = json.loads(stored[f"{stages.REPORT}/provenance.json"])["made_with"]
+    assert f"{stages.manifest('results/experiments/small/eval')}" in made_with
+    assert all(k.startswith("results/") for k in made_with), made_with
+
+    assert "Nothing to be done" in ladder.snakemake("report", *options, expected=10).stderr
+
+    def jobs(done: subprocess.CompletedProcess) -> list[str]:  # a dry run's are on stdout
+        return sorted(re.findall(r"^(?:local)?rule (\w+):$", done.stdout + done.stderr, re.M))
+
+    params = ladder.params
+    params["experiments"]["small_shift"]["epochs"] = 1
+    ladder.write_params(params)
+    planned = ladder.snakemake("report", "--dry-run", *options, expected=10)
+    assert jobs(planned) == ["evaluate", "report", "train"], planned.stdout[-3000:]
+    done = ladder.snakemake("report", *options, expected=30)
+    assert jobs(done) == ["evaluate", "report", "train"], done.stderr[-3000:]
+    assert "wildcards: exp=small_shift" in done.stderr
+    checkpoints = {k for k in s3.keys("k8s/results/experiments/small_shift/checkpoints/")}
+    assert not any(k.endswith("epoch_002.pt") for k in checkpoints), checkpoints  # gone
+    assert "Nothing to be done" in ladder.snakemake("report", *options, expected=10).stderr

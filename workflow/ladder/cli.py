@@ -193,6 +193,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ladder", description=__doc__.splitlines()[0])
     p.add_argument("--log", type=Path, help="also write the log to this file")
     p.add_argument(
+        "--stored-at",
+        type=Path,
+        help="the folder of Snakemake's local copies of a storage bucket (its default storage "
+        "provider): files read there are recorded by their workspace path (ladder.provenance)",
+    )
+    p.add_argument(
         "--version",
         action=_Version,
         nargs=0,
@@ -417,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if stage:
             workspace.check_engine()
-            with provenance.job():
+            with provenance.job(args.stored_at):
                 args.func(args)
         else:
             args.func(args)

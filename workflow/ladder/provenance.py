@@ -24,19 +24,29 @@ from typing import Any
 
 from ladder import digest, io, stages
 
-_read: dict[str, str] | None = None  # in a job: path as given -> digest of the bytes first read
+# In a job: the path as given -> the digest of the bytes first read.
+_read: dict[Path, str] | None = None
+_stored_at: Path | None = None  # the job's folder of a bucket's local copies (ladder.stages)
 
 
 @contextlib.contextmanager
-def job() -> Iterator[None]:
-    """Track what this block reads, and refuse any commit after it changed (see the doc)."""
-    global _read
-    _read = {}
+def job(stored_at: Path | None = None) -> Iterator[None]:
+    """Track what this block reads, and refuse any commit after it changed (see the doc).
+    `stored_at`: a file read under it is recorded by its path relative to it, the workspace's
+    (Snakemake's copies of a bucket's objects are laid out as the workspace)."""
+    global _read, _stored_at
+    _read, _stored_at = {}, stored_at
     io.before_commit(check_unchanged)
     try:
         yield
     finally:
-        _read = None
+        _read, _stored_at = None, None
+
+
+def _key(path: Path) -> str:
+    if _stored_at is not None and path.is_relative_to(_stored_at):
+        return path.relative_to(_stored_at).as_posix()
+    return str(path)
 
 
 class InputChangedError(RuntimeError):
@@ -46,10 +56,9 @@ class InputChangedError(RuntimeError):
 def _track(path: Path, data: bytes) -> None:
     if _read is None:
         return
-    key = str(path)
     now = digest.bytes_digest(data)
-    if _read.setdefault(key, now) != now:  # read twice, different bytes: it changed meanwhile
-        raise _changed(key)
+    if _read.setdefault(path, now) != now:  # read twice, different bytes: it changed meanwhile
+        raise _changed(path)
 
 
 def read_json(path: str | Path) -> Any:
@@ -71,10 +80,10 @@ def read_record(path: str | Path) -> dict:
 def made_with() -> dict[str, str]:
     """Every file this job read through this module so far, by digest: what an output was made
     from ({} outside a job)."""
-    return dict(sorted((_read or {}).items()))
+    return dict(sorted((_key(path), d) for path, d in (_read or {}).items()))
 
 
-def _changed(path: str) -> InputChangedError:
+def _changed(path: Path) -> InputChangedError:
     return InputChangedError(
         f"{path} changed while this job ran (another command rewrote it, e.g. after an edit "
         "of params.yaml): this job's results were not written; run the same command again"

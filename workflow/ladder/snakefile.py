@@ -25,6 +25,12 @@ damaged is forced to rerun (as --forcerun would), with a log line that says why,
 reads it. Removing the damaged output would not do: Snakemake reruns a job for a missing output
 only when a job after it has to run anyway.
 
+With a default storage provider (every result in a bucket: Snakemake's Kubernetes route,
+ladder.stages.storage_command) there are no results here to adopt or check: the process holds
+the workspace and writes the settings files, and so does a job's own process (a pod has no other
+copy of them); Snakemake compares the bucket's timestamps with theirs, and each job checks what
+it reads against its manifest.
+
 What the process will do is known only once Snakemake builds its DAG (the Snakefile is loaded
 before the command's executor is chosen), so the rules' inputs are functions, and the first one
 Snakemake calls runs `load` (workflow/rules/common.smk).
@@ -62,11 +68,20 @@ def run_kind(workflow) -> str:
     return "touch" if workflow.touch else "run"
 
 
+def storage_mode(workflow) -> bool:
+    """Whether every result goes through a bucket (--default-storage-provider; see
+    ladder.stages.storage_command)."""
+    settings = getattr(workflow, "storage_settings", None)
+    return getattr(settings, "default_storage_provider", None) is not None
+
+
 @dataclass
 class Load:
     """What the rules read: where each settings file is, and the jobs that must rerun."""
 
-    plan_only: bool = False  # writes nothing: settings files' timestamps are ignored
+    # A plan that writes nothing decides by content (the forced jobs), ignoring the settings
+    # files' timestamps; through a bucket it decides by them (its overlay holds the changed ones).
+    ancient_settings: bool = False
     overlay: Path | None = None  # a dry run's private folder
     moved: dict[str, str] = field(default_factory=dict)  # settings path -> overlay path
     forced: dict[str, str] = field(default_factory=dict)  # output -> why its job reruns
@@ -83,12 +98,25 @@ class Load:
 
 
 def load(
-    params: config.Params, kind: str, force: Callable[[str], None], root: Path = Path()
+    params: config.Params,
+    kind: str,
+    force: Callable[[str], None],
+    root: Path = Path(),
+    storage: bool = False,
 ) -> Load:
     """Everything the Snakefile does before the DAG's jobs are decided (see the module doc):
-    `kind` from run_kind; `force(output)` makes the job that writes `output` rerun."""
+    `kind` from run_kind; `force(output)` makes the job that writes `output` rerun; `storage`
+    from storage_mode."""
     if kind == "job":
+        if storage:  # perhaps on a node without the workspace (Kubernetes): its own settings
+            config.write_settings(params, root / stages.CONFIGS)
         return Load()
+    if storage and kind == "touch":
+        raise RuntimeError(
+            "--touch with a default storage provider: the checks that keep it from marking "
+            "results as current that are not read results/, and the results are in the bucket; "
+            "run without --touch"
+        )
     holder = kind in ("run", "touch")
     if holder:
         workspace.hold_workspace(root)
@@ -96,7 +124,7 @@ def load(
     if holder:  # before anything is written: no DVC command can start from here on
         workspace.hold_dvc(root)
     config.check_runnable(params, root)
-    loaded = Load(plan_only=not holder)
+    loaded = Load(ancient_settings=not holder and not storage)
     # A folder dataset's listings, taken once: the links' record and changed_sources read them.
     sources = params.download_settings()
     listed = sources_on_disk.listings(sources)
@@ -104,7 +132,12 @@ def load(
         config.write_settings(params, root / stages.CONFIGS)
         source_links.write_links(sources, root / stages.SOURCE, listed)
     else:
-        _overlay(params, root, loaded)
+        _overlay(params, root, loaded, changed=storage)
+    if storage:
+        # The results are in the bucket, not in results/: there is nothing here to adopt from
+        # DVC or to check (README, "Kubernetes"). Snakemake compares the bucket's timestamps
+        # with the settings files'; each job checks what it reads against its manifest.
+        return loaded
     if holder or workspace.free(root):
         engines.adopt_dvc_results(params.selected, root, dvc_lock_held=holder)
     loaded.forced = {
@@ -120,14 +153,15 @@ def load(
     return loaded
 
 
-def _overlay(params: config.Params, root: Path, loaded: Load) -> None:
+def _overlay(params: config.Params, root: Path, loaded: Load, changed: bool = False) -> None:
     """Write the settings files results/configs/ does not have yet into a private folder (a job
-    needs its inputs to exist to be planned)."""
+    needs its inputs to exist to be planned); `changed`: also those whose content differs, so
+    that their timestamps are newer than the results'."""
     for rel, content in params.settings_files().items():
         path = f"{stages.CONFIGS}/{rel}"
-        if (root / path).exists():
+        text, here = io.record_text(content), root / path
+        if here.exists() and not (changed and here.read_text() != text):
             continue
-        text = io.record_text(content)
         moved = loaded.private(root) / "configs" / rel
         moved.parent.mkdir(parents=True, exist_ok=True)
         moved.write_text(text)

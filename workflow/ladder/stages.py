@@ -3,7 +3,7 @@
 Snakemake's rules (workflow/rules/*.smk) are thin readers of this table; `dvc.yaml` is generated
 from it (`ladder dvc-yaml > dvc.yaml`) and committed; tests/test_stages.py fails when either
 engine's definition differs from it. Adding a stage: an entry here, a `ladder` command (cli.py),
-a four-line rule, and `ladder dvc-yaml`.
+a rule like the others (workflow/rules/), and `ladder dvc-yaml`.
 
 Conventions the table relies on:
 - `{exp}` in a path or command is the experiment a job works on (Snakemake's wildcard, DVC's
@@ -445,6 +445,47 @@ def regenerate(path: str | Path) -> str:
     else:
         snakemake = f"snakemake {target} --forcerun {stage.name} --cores 1"
     return f"regenerate it with `{snakemake}` (DVC: `dvc repro --force --single-item {dvc_stage}`)"
+
+
+# ----------------------------------------------------------------------------------------------
+# Every file through a bucket: Snakemake with a default storage provider (its Kubernetes route,
+# where jobs share no file system). Snakemake keeps its local copies of the bucket's objects in
+# one folder laid out as the workspace (.snakemake/storage/s3/<bucket>/<prefix>/results/...) and
+# passes that folder to the job (STORAGE_ROOT); the job's command names its files there. The
+# settings files (configure's outputs) and the code are each job's own: Snakemake's source
+# archive carries the code, and every Snakemake process writes the settings (ladder.snakefile).
+
+STORAGE_ROOT = "{params.root}"  # Snakemake's placeholder for the folder of local copies
+
+
+def stored(path: str) -> bool:
+    """Whether Snakemake keeps `path` in the bucket: an output or log of a stage other than
+    configure, or a folder above one (a run's folder, results/experiments)."""
+    above = path.rstrip("/") + "/"
+    return any(
+        p == path or p.startswith(above)
+        for stage in STAGES.values()
+        if stage.name != "configure"
+        for p in (*stage.out_paths, stage.log)
+    )
+
+
+def storage_command(stage: Stage) -> str:
+    """The stage's command with each stored path in STORAGE_ROOT, which is also passed on as
+    `--stored-at`: the job records what it read by its workspace path (ladder.provenance), so
+    its outputs hold the same bytes as a run in the workspace."""
+    words = stage.cmd.split(" ")
+    if words[0] != "ladder":
+        raise ValueError(f"stage {stage.name}: its command does not start with `ladder`")
+    words = [f"{STORAGE_ROOT}/{w}" if stored(w) else w for w in words]
+    return " ".join(["ladder", "--stored-at", STORAGE_ROOT, *words[1:]])
+
+
+def storage_folder(path: str) -> str | None:
+    """The folder that the manifest `path` stands for, else None: where every file goes through
+    a bucket, a job that reads a folder needs the folder itself as an input."""
+    suffix = manifest("")
+    return path.removesuffix(suffix) if path.endswith(suffix) else None
 
 
 def version(stage: str) -> str:

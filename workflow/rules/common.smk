@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from ladder import config as ladder_config
@@ -34,12 +35,20 @@ validate(config, schema="../schemas/params.schema.yaml", set_default=False)
 # (ladder.snakefile).
 _LOADED = []
 
+# With a default storage provider (--default-storage-provider: Snakemake's Kubernetes route, no
+# shared file system), every result and log goes through the bucket, and the rules name them by
+# Snakemake's local copies (ladder.stages.storage_command). The code (Snakemake's source archive
+# carries it) and the settings files (`load` writes them in every process) are each job's own:
+# `local()`.
+STORAGE = snakefile.storage_mode(workflow)
+
 
 def load():
     if not _LOADED:
         with ladder_config.expected_errors_exit():
             kind = snakefile.run_kind(workflow)
-            _LOADED.append(snakefile.load(PARAMS, kind, force=workflow.dag.forcefiles.add))
+            force = workflow.dag.forcefiles.add
+            _LOADED.append(snakefile.load(PARAMS, kind, force=force, storage=STORAGE))
     return _LOADED[0]
 
 
@@ -63,17 +72,27 @@ def stage_inputs(name):
         def read(path):
             # A plan ignores the settings files' timestamps: it decides by content (load).
             path, settings = loaded.settings(path), path.startswith(f"{stages.CONFIGS}/")
-            return ancient(path) if loaded.plan_only and settings else path
+            path = ancient(path) if loaded.ancient_settings and settings else path
+            return local(path) if STORAGE and settings else path
+
+        def with_folders(paths):
+            # Through a bucket, a job reads a folder from its local copy: an input too.
+            folders = [stages.storage_folder(p) for p in paths] if STORAGE else []
+            return [*paths, *filter(None, folders)]
 
         at = lambda path: path.replace("{exp}", wildcards.get("exp", "{exp}"))
         files = {key: read(at(path)) for key, path in stage.deps.items()}
+        if STORAGE:
+            for key, path in stage.deps.items():
+                if folder := stages.storage_folder(at(path)):
+                    files[f"{key}_folder"] = folder
         if stage.each_experiment:
             files["runs"] = [
-                read(path.replace("{exp}", exp))
+                read(path)
                 for exp in PARAMS.selected
-                for path in stage.each_experiment
+                for path in with_folders([p.replace("{exp}", exp) for p in stage.each_experiment])
             ]
-        files["code"] = list(stage.code)
+        files["code"] = [local(path) for path in stage.code] if STORAGE else list(stage.code)
         return files
 
     return inputs
@@ -118,7 +137,26 @@ def stage_gpus(name):
 
 
 def stage_shell(name):
-    """The table's command, with Snakemake's wildcard and thread count filled in."""
+    """The table's command, with Snakemake's wildcard and thread count filled in (through a
+    bucket: on Snakemake's local copies, in `stage_params`' root)."""
     stage = stages.STAGES[name]
-    cmd = stage.command("{wildcards.exp}")
+    cmd = stages.storage_command(stage) if STORAGE else stage.cmd
+    cmd = cmd.replace("{exp}", "{wildcards.exp}")
     return f"{cmd} {stage.threads_arg} {{threads}}" if stage.threads_arg else cmd
+
+
+def stage_params(name):
+    """Through a bucket, `root`: the folder of Snakemake's local copies of its objects, laid out
+    as the workspace (the job's first output's local path less its path in the workspace).
+    Without one, none: a new param would rerun every job Snakemake ran before (its params
+    trigger)."""
+    first = stages.STAGES[name].out_paths[0]
+
+    def root(wildcards, output):
+        rel = Path(first.replace("{exp}", wildcards.get("exp", "{exp}"))).parts
+        local_path = Path(output[0]).parts
+        if local_path[-len(rel) :] != rel:
+            raise WorkflowError(f"{name}: output {output[0]} is not a copy of {first}")
+        return str(Path(*local_path[: -len(rel)]))
+
+    return {"root": root} if STORAGE else {}

@@ -10,6 +10,8 @@ rule download:
         stage_log("download"),
     conda:
         LADDER_ENV
+    params:
+        **stage_params("download"),
     shell:
         stage_shell("download")
 
@@ -24,6 +26,8 @@ rule prepare:
     conda:
         LADDER_ENV
     threads: stage_threads("prepare")
+    params:
+        **stage_params("prepare"),
     shell:
         stage_shell("prepare")
 
@@ -37,5 +41,7 @@ rule stats:
         stage_log("stats"),
     conda:
         LADDER_ENV
+    params:
+        **stage_params("stats"),
     shell:
         stage_shell("stats")

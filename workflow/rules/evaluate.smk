@@ -13,5 +13,7 @@ rule evaluate:
     threads: stage_threads("evaluate")
     resources:
         gpu=stage_gpus("evaluate"),
+    params:
+        **stage_params("evaluate"),
     shell:
         stage_shell("evaluate")

@@ -19,5 +19,7 @@ rule report:
         stage_log("report"),
     conda:
         LADDER_ENV
+    params:
+        **stage_params("report"),
     shell:
         stage_shell("report")

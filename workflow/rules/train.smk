@@ -13,5 +13,7 @@ rule train:
     threads: stage_threads("train")
     resources:
         gpu=stage_gpus("train"),
+    params:
+        **stage_params("train"),
     shell:
         stage_shell("train")
