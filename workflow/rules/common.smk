@@ -70,28 +70,22 @@ def stage_inputs(name):
         loaded = load()
 
         def read(path):
-            # A plan ignores the settings files' timestamps: it decides by content (load).
+            # A plan ignores the settings files' timestamps: it decides by content (load), but
+            # through a bucket, where it decides by them.
             path, settings = loaded.settings(path), path.startswith(f"{stages.CONFIGS}/")
             path = ancient(path) if loaded.ancient_settings and settings else path
             return local(path) if STORAGE and settings else path
 
-        def with_folders(paths):
+        def folders(paths):
             # Through a bucket, a job reads a folder from its local copy: an input too.
-            folders = [stages.storage_folder(p) for p in paths] if STORAGE else []
-            return [*paths, *filter(None, folders)]
+            return [f for f in map(stages.storage_folder, paths) if f] if STORAGE else []
 
         at = lambda path: path.replace("{exp}", wildcards.get("exp", "{exp}"))
         files = {key: read(at(path)) for key, path in stage.deps.items()}
-        if STORAGE:
-            for key, path in stage.deps.items():
-                if folder := stages.storage_folder(at(path)):
-                    files[f"{key}_folder"] = folder
+        files |= {f"{key}_folder": f for key, p in stage.deps.items() for f in folders([at(p)])}
         if stage.each_experiment:
-            files["runs"] = [
-                read(path)
-                for exp in PARAMS.selected
-                for path in with_folders([p.replace("{exp}", exp) for p in stage.each_experiment])
-            ]
+            paths = [p.replace("{exp}", e) for e in PARAMS.selected for p in stage.each_experiment]
+            files["runs"] = [read(path) for path in paths] + folders(paths)
         files["code"] = [local(path) for path in stage.code] if STORAGE else list(stage.code)
         return files
 
