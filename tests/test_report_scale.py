@@ -4,18 +4,21 @@ torch. benchmarks/report.py --experiments measures it; these pin the structure."
 
 from __future__ import annotations
 
+import io as stdio
 import json
 import os
 import subprocess
 import sys
+import zipfile
 from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import REPO
-from ladder import augment_registry
-from ladder.report import build_report, figures, significance, tables
+from ladder import augment_registry, predictions
+from ladder.report import build_report, figures, npz, significance, tables
 from report_fixtures import write_inputs
 
 
@@ -206,3 +209,69 @@ def test_the_bootstrap_counts_each_checkpoint_from_the_one_before_as_the_product
     picks = [[pick] for _, pick in runs]
     alone = [significance.picked_gap(x, pick) for x, pick in runs]
     assert significance.picked_gaps(sets, picks) == alone
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluations' predictions, read without zipfile (ladder.report.npz)
+
+LENGTHS = {"val_plain": 50, "test_plain": 30, "test_tta": 30}
+KINDS = ("test_plain", "test_tta")
+
+
+def _predictions(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: rng.integers(0, 200, n) for k, n in LENGTHS.items()}
+
+
+def _stored(arrays: dict[str, np.ndarray], comment: bytes = b"") -> bytes:
+    """An archive of the same members, not deflated (and with a comment): another layout."""
+    buf = stdio.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as archive:
+        for kind, values in arrays.items():
+            member = stdio.BytesIO()
+            np.lib.format.write_array(member, values.astype(np.int16))
+            archive.writestr(f"{kind}.npy", member.getvalue())
+        archive.comment = comment
+    return buf.getvalue()
+
+
+def test_predictions_as_evaluate_writes_them_are_read_without_zipfile(monkeypatch):
+    """The archives to_bytes writes: the same arrays as predictions.read, which is never
+    called for them."""
+    archives = [predictions.to_bytes(_predictions(seed)) for seed in range(3)]
+    archives.append(predictions.to_bytes({k: np.zeros(n, int) for k, n in LENGTHS.items()}))
+    expected = [predictions.read("p.npz", LENGTHS, KINDS, data) for data in archives]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("zipfile read an archive as to_bytes writes it")
+
+    monkeypatch.setattr(npz.predictions, "read", refuse)
+    for data, want in zip(archives, expected, strict=True):
+        got = npz.read("p.npz", LENGTHS, KINDS, data)
+        assert list(got) == list(want) == list(KINDS)
+        for kind in KINDS:
+            assert got[kind].dtype == np.int16
+            assert not got[kind].flags.writeable
+            assert np.array_equal(got[kind], want[kind])
+
+
+def test_other_archives_are_read_by_zipfile_to_the_same_arrays_or_the_same_error():
+    arrays = _predictions(0)
+    plain, commented = _stored(arrays), _stored(arrays, comment=b"a comment")
+    assert npz._fast(LENGTHS, KINDS, commented) is None  # left to zipfile
+    for data in (plain, commented):
+        got = npz.read("p.npz", LENGTHS, KINDS, data)
+        assert all(np.array_equal(got[k], arrays[k]) for k in KINDS)
+    # A stored member with one byte changed: only its CRC tells.
+    data = bytearray(_stored(arrays))
+    data[data.index(b"test_plain.npy") + 14 + 128 + 5] ^= 1  # in the array, after its header
+    assert npz._fast(LENGTHS, KINDS, bytes(data)) is None
+    with pytest.raises(predictions.PredictionsError, match=r"p\.npz: unreadable, damaged"):
+        npz.read("p.npz", LENGTHS, KINDS, bytes(data))
+    deflated = predictions.to_bytes(arrays)
+    for broken in (deflated[:-30], deflated[: len(deflated) // 2], b""):  # cut short
+        with pytest.raises(predictions.PredictionsError, match=r"p\.npz: unreadable, damaged"):
+            npz.read("p.npz", LENGTHS, KINDS, broken)
+    other = {k: v for k, v in arrays.items() if k != "test_tta"}
+    with pytest.raises(predictions.PredictionsError, match=r"p\.npz: holds test_plain, val_plain"):
+        npz.read("p.npz", LENGTHS, KINDS, predictions.to_bytes(other))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -202,7 +203,8 @@ def checked_bytes(folder: str | Path, rel: str, manifest: dict) -> bytes:
     """The bytes of the file `rel` of `folder`, checked against `manifest` (`read(folder)`'s):
     a reader of many small files reads each once and parses the bytes it checked (`verify`,
     then a read, reads every file twice)."""
-    data = io.read_bytes(Path(folder) / rel)
+    # No Path made: the report reads 89,000 files at 1,000 experiments.
+    data = io.read_bytes(os.path.join(folder, rel))  # noqa: PTH118
     check_bytes(folder, rel, data, manifest)
     return data
 

@@ -311,6 +311,7 @@ STAGES: dict[str, Stage] = {
                     "report/tables.py",
                     "report/significance.py",  # intervals and comparisons ...
                     "predictions.py",  # ... counted from the evaluations' predictions
+                    "report/npz.py",  # ... which it reads without zipfile
                     "report/figures.py",
                     "report/html.py",
                     "report/dvc_plots.py",  # the tables `dvc plots` draws
