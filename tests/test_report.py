@@ -188,6 +188,9 @@ def report(tmp_path_factory) -> Path:
 def test_report_writes_every_declared_output(report):
     for name in ("index.html", "report.md", "ladder.csv", "checkpoints.csv", "metrics.json"):
         assert (report / name).stat().st_size > 0
+    # What it writes is what the report stage declares, no more (the engines keep only those).
+    declared = {Path(path).name for path in stages.STAGES["report"].out_paths}
+    assert {p.name for p in report.iterdir()} == declared
     assert {p.stem for p in (report / "figures").iterdir()} == FIGURES
     assert all(p.suffix == ".png" for p in (report / "figures").iterdir())
     assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]  # no temporaries

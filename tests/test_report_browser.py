@@ -1,7 +1,9 @@
 """index.html in a real browser (headless Chromium through Selenium): the page renders, every
-figure decodes, the ladder table has a row per experiment, and a screenshot is not blank. The
-shipped ladder's report (params.yaml's experiments, synthetic numbers) fits a 1280 and a 1920 px
-window, and at 400 px (a phone) its tables stack and its figures keep a readable size.
+figure decodes, the ladder table has a row per experiment, each experiment's link opens its
+checkpoints page (a row per checkpoint, a link back), and a screenshot is not blank. The shipped
+ladder's report (params.yaml's experiments, synthetic numbers) fits a 1280 and a 1920 px window,
+and at 400 px (a phone) its tables stack and its figures keep a readable size; so does a
+checkpoints page.
 
 Needs Debian's chromium and chromium-driver (`make system-deps` installs them as root) and the
 selenium package. Without them the test is skipped, or fails where CI is set.
@@ -68,6 +70,33 @@ def test_page_does_not_overflow_sideways(page):
     assert overflow <= 0
 
 
+def test_each_experiment_links_its_checkpoints_page_and_back(page, tmp_path):
+    """Following each link of the Checkpoints list opens that experiment's page, whose table
+    has a row per checkpoint; its first link leads back to the report."""
+    index = page.current_url
+    links = page.execute_script(
+        "return Array.from(document.querySelectorAll('#checkpoints a'),"
+        " a => [a.textContent, a.href]);"
+    )
+    assert [name for name, _ in links] == ["a", "b", "c"]
+    try:
+        for name, href in links:
+            page.get(href)
+            assert page.title == f"{name}: checkpoints · Experiment ladder"
+            assert page.find_element("css selector", "h1").text == name
+            rows = page.execute_script(
+                "return document.querySelectorAll('#checkpoints tbody tr').length;"
+            )
+            assert rows == 3
+            errors = [e for e in page.get_log("browser") if e["level"] == "SEVERE"]
+            assert errors == []
+            _not_blank(page, tmp_path / f"{name}.png")
+            page.find_element("css selector", "a").click()
+            assert page.current_url == index
+    finally:
+        page.get(index)
+
+
 def test_screenshot_is_not_blank(page, tmp_path):
     path = tmp_path / "index.png"
     assert page.save_screenshot(str(path))
@@ -114,6 +143,20 @@ return over;
 """
 
 
+# Each visible cell of the ladder tables: its display, its label, what its ::before shows, its
+# right edge.
+STACKED = """return Array.from(document.querySelectorAll('#ladder td, #picked td'))
+  .filter(td => td.offsetParent !== null)
+  .map(td => [getComputedStyle(td).display, td.dataset.label,
+              getComputedStyle(td, '::before').content, td.getBoundingClientRect().right]);"""
+
+
+def _run_page(index: Path) -> Path:
+    """The checkpoints page of the report's first experiment (params.yaml's first)."""
+    first = next(iter(config.load(REPO / "params.yaml").experiments))
+    return index.parent / "checkpoints" / f"{first}.html"
+
+
 def _not_blank(driver, path: Path) -> None:
     assert driver.save_screenshot(str(path))
     pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
@@ -136,6 +179,14 @@ def test_the_whole_ladder_fits_a_desktop_window(ladder_page, width, tmp_path):
         rows = driver.execute_script("return document.querySelectorAll('#ladder tbody tr').length;")
         assert rows == len(config.load(REPO / "params.yaml").experiments)
         _not_blank(driver, tmp_path / f"ladder-{width}.png")
+        # The first experiment's checkpoints page: every column within the window too.
+        _open(driver, _run_page(ladder_page), width, mobile=False)
+        assert driver.execute_script(OVERFLOW) == []
+        assert driver.execute_script(
+            "return document.querySelectorAll('#checkpoints tbody tr').length;"
+        ) == len(
+            next(iter(config.load(REPO / "params.yaml").experiments.values())).checkpoint_epochs
+        )
 
 
 def test_on_a_phone_tables_stack_and_figures_keep_their_drawn_size(ladder_page, tmp_path):
@@ -145,13 +196,7 @@ def test_on_a_phone_tables_stack_and_figures_keep_their_drawn_size(ladder_page, 
     with screenshot.chromium(800, 1000) as driver:
         _open(driver, ladder_page, 400, mobile=True)
         assert driver.execute_script(OVERFLOW) == []
-        cells = driver.execute_script(
-            """return Array.from(document.querySelectorAll('#ladder td, #picked td'))
-                 .filter(td => td.offsetParent !== null)
-                 .map(td => [getComputedStyle(td).display, td.dataset.label,
-                             getComputedStyle(td, '::before').content,
-                             td.getBoundingClientRect().right]);"""
-        )
+        cells = driver.execute_script(STACKED)
         assert cells
         for display, label, shown, right in cells:
             assert display == "block"
@@ -172,3 +217,13 @@ def test_on_a_phone_tables_stack_and_figures_keep_their_drawn_size(ladder_page, 
             assert scroll == "auto"
             assert (ladder_page.parent / href).is_file(), href
         _not_blank(driver, tmp_path / "ladder-400.png")
+        # A checkpoints page on the phone: its table stacks too.
+        _open(driver, _run_page(ladder_page), 400, mobile=True)
+        assert driver.execute_script(OVERFLOW) == []
+        cells = driver.execute_script(STACKED.replace("#ladder td, #picked td", "#checkpoints td"))
+        assert cells
+        for display, label, shown, right in cells:
+            assert display == "block"
+            assert shown == f'"{label}"'
+            assert right <= 400
+        _not_blank(driver, tmp_path / "checkpoints-400.png")

@@ -199,9 +199,13 @@ def test_the_page_lists_replicates_under_their_experiment_not_as_rungs(replicate
     assert "seed replicates: a_s1 (seed 1), a_s2 (seed 2)" in ladder
     assert "sd 2.00, 3 seeds" in ladder
     assert ">a_s1<" not in ladder
-    summaries = [s.split(" <span", 1)[0] for s in page.split("<summary>")[1:-1]]
-    assert summaries == ["a", "a_s1", "a_s2", "b", "b_s1", "c"]  # checkpoints: under their rung
-    assert "seed replicate of a (seed 1)" in page
+    listed = page.split('<ul class="runs" id="checkpoints">', 1)[1].split("</ul>", 1)[0]
+    names = [s.split(">", 1)[1].split("</a>", 1)[0] for s in listed.split("<li><a href=")[1:]]
+    assert names == ["a", "a_s1", "a_s2", "b", "b_s1", "c"]  # checkpoints: under their rung
+    assert "seed replicate of a (seed 1)" in listed
+    assert "seed replicate of a (seed 1)" in (replicated / "checkpoints" / "a_s1.html").read_text(
+        encoding="utf-8"
+    )
     assert "3 experiments (+ 3 seed replicates)" in page
     md = (replicated / "report.md").read_text(encoding="utf-8")
     assert "its test accuracy there is **56.00 %** without TTA (the mean of 2 seeds, sd 1.41;" in md

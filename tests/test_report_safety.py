@@ -7,6 +7,7 @@ from __future__ import annotations
 import html.parser
 import io as stdio
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
@@ -130,24 +131,38 @@ class _Elements(html.parser.HTMLParser):
         self.text.append(data)
 
 
-def test_page_shows_user_text_as_text(hostile):
+def _links(hostile, page) -> set[str]:
+    """The links a report page may have, relative to it: each figure's PNG, full size, and each
+    experiment's checkpoints page (from index.html); the report (from a checkpoints page)."""
+    if page.parent.name == "checkpoints":
+        return {"../index.html"}
+    folders = ("figures", "checkpoints")
+    return {f"{f}/{p.name}" for f in folders for p in (hostile / f).iterdir()}
+
+
+@pytest.mark.parametrize("name", ["index.html", "checkpoints/a.html", "checkpoints/c.html"])
+def test_page_shows_user_text_as_text(hostile, name):
     page = _Elements()
-    page.feed((hostile / "index.html").read_text(encoding="utf-8"))
+    page.feed((hostile / name).read_text(encoding="utf-8"))
     tags = [tag for tag, _ in page.elements]
     assert "script" not in tags
-    assert tags.count("img") == len(list((hostile / "figures").iterdir()))
+    figures = len(list((hostile / "figures").iterdir())) if name == "index.html" else 0
+    assert tags.count("img") == figures
     assert "b" not in tags  # NOTES' <b>: only the page's own markup (strong, span, ...)
-    figures = {f"figures/{p.name}" for p in (hostile / "figures").iterdir()}
+    links = _links(hostile, hostile / name)
     for tag, attrs in page.elements:
         assert not [name for name in attrs if name.startswith("on") or name == "style"], tag
-        if "href" in attrs:  # only the page's own links: each figure's PNG, full size
+        if "href" in attrs:  # only the page's own links
             assert tag == "a", attrs
-            assert attrs["href"] in figures, attrs
+            assert attrs["href"] in links, attrs
         if "src" in attrs:
             assert attrs["src"].startswith("data:image/png;base64,"), tag
         for value in attrs.values():
             assert not re.search(r"(java|vb)script:", value or "", re.IGNORECASE), (tag, value)
-    for text in [*DESCRIPTIONS.values(), *NOTES.values()]:
+    shown = [*DESCRIPTIONS.values(), *NOTES.values()] if name == "index.html" else []
+    if name != "index.html":  # a checkpoints page: its experiment's description
+        shown = [DESCRIPTIONS[Path(name).stem]]
+    for text in shown:
         assert any(text in piece for piece in page.text), text  # shown as written, one text node
 
 

@@ -54,9 +54,36 @@ def test_panels_beyond_the_cap_are_listed_and_linked_to_their_checkpoints(tmp_pa
         figure = page.split(f'<figure id="fig-{name}">')[1].split("</figure>")[0]
         assert "Panels of the first 2 of 3 experiments in ladder order" in figure
         assert "The other 1 experiments, not drawn" in figure
-        assert '<a href="#checkpoints-3">c</a>' in figure
-    assert '<details id="checkpoints-3"><summary>c ' in page
+        assert '<a href="checkpoints/c.html">c</a>' in figure
     assert page.count("The other 1 experiments") == len(figures.PANEL_FIGURES)
+    assert '<a href="checkpoints/c.html">c</a> <span class="muted">— 3 checkpoints' in page
+    assert "<title>c: checkpoints · Experiment ladder</title>" in (
+        out / "checkpoints" / "c.html"
+    ).read_text(encoding="utf-8")
+
+
+def test_each_experiment_has_a_checkpoints_page_and_the_report_page_has_no_checkpoint_rows(
+    tmp_path,
+):
+    """index.html lists the experiments, each linked to a page of its own with a row per
+    checkpoint: the report page holds no checkpoint rows (44,455 at 1,000 experiments), its
+    size does not grow with the checkpoints, and every number is a click away."""
+    out = tmp_path / "out"
+    build_report(**write_inputs(tmp_path), out=out)
+    page = (out / "index.html").read_text(encoding="utf-8")
+    checkpoints = pd.read_csv(out / "checkpoints.csv")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["a.html", "b.html", "c.html"]
+    assert page.count('<table id="checkpoints"') == 0
+    assert page.count("<table") == 2  # the ladder and the test-picked table
+    for name, rows in checkpoints.groupby("experiment"):
+        assert f'<a href="checkpoints/{name}.html">{name}</a>' in page
+        run = (out / "checkpoints" / f"{name}.html").read_text(encoding="utf-8")
+        table = run.split('<table id="checkpoints">')[1].split("</table>")[0]
+        body = table.split("<tbody>")[1]
+        assert body.count("<tr") == len(rows)
+        assert '<a href="../index.html">' in run
+        for value in rows["test_acc"]:  # every number of checkpoints.csv, on its page
+            assert f">{value:.2f}<" in body
 
 
 def test_panel_figures_draw_at_most_the_cap_without_a_layout_engine():

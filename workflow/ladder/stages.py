@@ -297,6 +297,8 @@ STAGES: dict[str, Stage] = {
                 "html": Out(f"{REPORT}/index.html"),
                 "markdown": Out(f"{REPORT}/report.md"),
                 "figures": Out(f"{REPORT}/figures", folder=True, manifest=False),
+                # a page per experiment: its checkpoints table (report/html.py)
+                "pages": Out(f"{REPORT}/checkpoints", folder=True, manifest=False),
                 # TensorBoard's HPARAMS view: a run per ladder row (report/hparams.py)
                 "hparams": Out(f"{REPORT}/tensorboard", folder=True, manifest=False),
                 "metrics": Out(f"{REPORT}/metrics.json", dvc="metrics"),
@@ -317,6 +319,8 @@ STAGES: dict[str, Stage] = {
                     "report/dvc_plots.py",  # the tables `dvc plots` draws
                     "report/hparams.py",  # ... and TensorBoard's HPARAMS view
                     "report/templates/index.html.j2",  # the page's markup ...
+                    "report/templates/checkpoints.html.j2",  # ... each experiment's page's
+                    "report/templates/table.html.j2",  # ... the tables of both
                     "report/templates/report.css",  # ... and its styles
                     "augment.py",  # the augmentations figure runs every experiment's ops
                     "config.py",  # the "changes versus parent" text flattens settings with it

@@ -1,5 +1,7 @@
 """The report's pages: index.html (one self-contained file: CSS inline, figures as data: URIs, no
-script) and report.md (the same tables in Markdown, figures linked from figures/).
+script), a page per experiment with its checkpoints table (checkpoints/<experiment>.html, linked
+from index.html: at 1,000 experiments, 44,000 rows that one page would hold) and report.md (the
+same tables in Markdown, figures linked from figures/).
 
 The page's markup and CSS live in templates/ (Jinja2, autoescaped: every value is escaped unless
 it is markup the template writes itself); this module prepares what they show: the headline,
@@ -17,11 +19,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jinja2
 import pandas as pd
 
+from ladder import config
 from ladder.report import significance
 from ladder.report.figures import PANEL_FIGURES, panel_names
 from ladder.report.tables import (
@@ -36,16 +39,19 @@ from ladder.report.tables import (
 
 TITLE = "Experiment ladder"
 TEMPLATE = "index.html.j2"
+RUN_TEMPLATE = "checkpoints.html.j2"
+PAGES = "checkpoints"  # the folder of the experiments' pages, beside index.html
 
 
 # ----------------------------------------------------------------------------------------------
 # Cells
 
 
-@dataclass(frozen=True)
-class Cell:
+class Cell(NamedTuple):
     """One HTML table cell: its text (in bold for `strong`), then lines of their own below it,
-    each (text, CSS class): a description, a note, one change per line."""
+    each (text, CSS class): a description, a note, one change per line. A tuple: the pages make
+    ten per checkpoint, 440,000 at 1,000 experiments, and a frozen dataclass takes three times
+    as long to make."""
 
     css: str
     text: str = ""
@@ -102,11 +108,12 @@ class Column:
         return self.kind == "num"
 
     def cell(self, row: Row) -> Cell:
-        css = " ".join(c for c in (self.kind, self.css(row)) if c)
+        extra = self.css(row)
+        css = f"{self.kind} {extra}" if extra and self.kind else self.kind or extra
         if self.html is None:
             return Cell(css, self.text(row))
-        rich = self.html(row)
-        return Cell(css, rich.text, rich.strong, rich.lines)
+        _, text, strong, lines = self.html(row)
+        return Cell(css, text, strong, lines)
 
 
 def _pct(column: str, group: str, header: str) -> Column:
@@ -653,8 +660,12 @@ class Table:
 
 def _records(rows: pd.DataFrame) -> list[Row]:
     """The rows as dicts: a pandas Series per row (iterrows) and indexing it were most of the
-    page's time in a profile at 1,000 experiments (the checkpoints tables' 42,580 rows)."""
-    return rows.to_dict("records")
+    page's time in a profile at 1,000 experiments (the checkpoints tables' 42,580 rows), and
+    to_dict("records") boxes every value on its own (a third of a checkpoint row's time at 100
+    experiments): each column's values as Python objects at once (tolist), the same values."""
+    columns = list(rows.columns)
+    values = zip(*(rows[c].tolist() for c in columns), strict=True)
+    return [dict(zip(columns, row, strict=True)) for row in values]
 
 
 def _shown(columns: list[Column], rows: list[Row]) -> list[Column]:
@@ -663,9 +674,9 @@ def _shown(columns: list[Column], rows: list[Row]) -> list[Column]:
 
 
 def _table(
-    columns: list[Column], rows: pd.DataFrame, element_id: str = "", best: str = ""
+    columns: list[Column], rows: pd.DataFrame | list[Row], element_id: str = "", best: str = ""
 ) -> Table:
-    rows = _records(rows)
+    rows = _records(rows) if isinstance(rows, pd.DataFrame) else rows
     columns = _shown(columns, rows)
     body = [
         (
@@ -731,10 +742,9 @@ def _figures(
 ) -> list[tuple[str, str, str, list[tuple[str, str]]]]:
     """(name, data: URI, caption, the experiments it leaves out) of every figure: a panel
     figure draws the first experiments only (figures.PANELS); the others are listed, each linked
-    to its checkpoints table."""
+    to its checkpoints page."""
     drawn = set(panel_names(runs))
-    rest = [(name, f"#{_anchor(i)}") for i, name in enumerate(_checkpoint_order(runs))]
-    rest = [(name, href) for name, href in rest if name not in drawn]
+    rest = [(name, page_href(name)) for name in _checkpoint_order(runs) if name not in drawn]
     return [
         (
             name,
@@ -753,20 +763,36 @@ def _checkpoint_order(runs: Runs) -> list[str]:
     return [member for members in runs.sets.values() for member in members]
 
 
-def _anchor(i: int) -> str:
-    """The id of the Checkpoints section's i-th experiment (from 0; names can hold anything)."""
-    return f"checkpoints-{i + 1}"
+def page_href(name: str) -> str:
+    """The experiment's checkpoints page, relative to index.html. Experiment names are file
+    names already (config.NAME: letters, digits and _.-, never a leading dot), as the runs'
+    folders are; one that is not would be refused here rather than make a path or a link."""
+    if not config.NAME.fullmatch(name):
+        raise ValueError(f"experiment {name!r}: not a name a page can be written under")
+    return f"{PAGES}/{name}.html"
 
 
-def _checkpoints(runs: Runs, checkpoints: pd.DataFrame) -> list[tuple[str, str, Table, str]]:
-    """(experiment, a line about the run, its checkpoints table, its element id) of every
-    experiment, seed replicates included."""
+@dataclass(frozen=True)
+class RunPage:
+    """One experiment's checkpoints: its line in index.html's list, and its page."""
+
+    experiment: str
+    detail: str  # a line about the run: checkpoints, the val-picked epoch, device, code
+    description: str
+    href: str  # the page, relative to index.html
+    rows: pd.DataFrame  # its rows of the checkpoints table
+
+
+def _run_pages(runs: Runs, checkpoints: pd.DataFrame) -> list[RunPage]:
+    """Every experiment's checkpoints (seed replicates included, after their experiment). The
+    tables are made page by page (`run_page`): what the pages hold in memory at once is one
+    experiment's, whatever their number."""
     picked = picked_on_val(runs)["epoch"]
     row_of = runs.row_of
-    by_name = dict(list(checkpoints.groupby("experiment", sort=False)))
-    parts = []
-    for i, name in enumerate(_checkpoint_order(runs)):
-        run, rows = runs.run[name], by_name[name]  # replicates under their experiment
+    positions = checkpoints.groupby("experiment", sort=False).indices
+    pages = []
+    for name in _checkpoint_order(runs):
+        run, rows = runs.run[name], checkpoints.iloc[positions[name]]
         replicate = (
             f" · seed replicate of {row_of[name]} (seed {runs.settings[name]['seed']})"
             if row_of[name] != name
@@ -777,8 +803,18 @@ def _checkpoints(runs: Runs, checkpoints: pd.DataFrame) -> list[tuple[str, str, 
             f"{replicate} · trained on {run['device']} ({run['precision']}) · code "
             f"{run['code_version']}"
         )
-        parts.append((name, detail, _table(CHECKPOINTS, rows), _anchor(i)))
-    return parts
+        description = runs.meta[name]["description"]
+        pages.append(RunPage(name, detail, description, page_href(name), rows))
+    return pages
+
+
+# Above each experiment's checkpoints table.
+RUN_NOTE = (
+    "Every evaluated checkpoint of this experiment (also in checkpoints.csv). Accuracies in %, "
+    "each with its 95% interval (Wilson, from the per-image counts); “picked by” marks the "
+    "checkpoint with the best val accuracy, the one the report shows, and the one with the best "
+    "test accuracy, shown for comparison only."
+)
 
 
 def page_content(
@@ -797,7 +833,7 @@ def page_content(
         "picked_note": PICKED_NOTE,
         "picked": _table(PICKED, ladder, "picked", best=top.experiment),
         "figures": _figures(runs, captions, figures),
-        "checkpoints": _checkpoints(runs, checkpoints),
+        "checkpoints": _run_pages(runs, checkpoints),  # a line each; the tables: run_page
         "reading": READING,  # (term, definition); the first is the headline rule
         "columns": list(LADDER_COLUMNS.items()),  # ladder.csv's columns, explained
     }
@@ -815,11 +851,20 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def page(
-    runs: Runs, ladder: pd.DataFrame, checkpoints: pd.DataFrame, captions: dict, figures: Path
-) -> str:
-    content = page_content(runs, ladder, checkpoints, captions, figures)
-    return _environment().get_template(TEMPLATE).render(**content)
+def page(content: dict, env: jinja2.Environment) -> str:
+    """index.html, from `page_content`."""
+    return env.get_template(TEMPLATE).render(**content)
+
+
+def run_page(run: RunPage, env: jinja2.Environment) -> str:
+    """checkpoints/<experiment>.html: one experiment's checkpoints table."""
+    return env.get_template(RUN_TEMPLATE).render(
+        run=run,
+        checkpoints=_table(CHECKPOINTS, run.rows, "checkpoints"),
+        heading=TITLE,
+        home="../index.html",  # PAGES is one folder below index.html
+        note=RUN_NOTE,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -909,7 +954,13 @@ Columns of ladder.csv:
 def write(
     out: Path, runs: Runs, ladder: pd.DataFrame, checkpoints: pd.DataFrame, captions: dict
 ) -> None:
-    """index.html and report.md into `out`, which holds figures/ already."""
-    page_html = page(runs, ladder, checkpoints, captions, out / "figures")
-    (out / "index.html").write_text(page_html, encoding="utf-8")
+    """index.html, a checkpoints page per experiment in out/checkpoints/ and report.md into
+    `out` (a folder that replaces the report only when complete: build_report), which holds
+    figures/ already."""
+    env = _environment()
+    content = page_content(runs, ladder, checkpoints, captions, out / "figures")
+    (out / "index.html").write_text(page(content, env), encoding="utf-8")
+    (out / PAGES).mkdir()
+    for run in content["checkpoints"]:
+        (out / run.href).write_text(run_page(run, env), encoding="utf-8")
     (out / "report.md").write_text(markdown(runs, ladder, checkpoints, captions), encoding="utf-8")
