@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO
-from ladder import augment_registry, predictions
+from ladder import augment_registry, io, predictions
 from ladder.report import build_report, figures, npz, significance, tables
 from report_fixtures import write_inputs
 
@@ -302,3 +302,37 @@ def test_other_archives_are_read_by_zipfile_to_the_same_arrays_or_the_same_error
     other = {k: v for k, v in arrays.items() if k != "test_tta"}
     with pytest.raises(predictions.PredictionsError, match=r"p\.npz: holds test_plain, val_plain"):
         npz.read("p.npz", LENGTHS, KINDS, predictions.to_bytes(other))
+
+
+# ----------------------------------------------------------------------------------------------
+# An evaluation's per-class entries, parsed for the checkpoint the report shows only
+
+
+def _evaluation(per_class: list) -> dict:
+    return {
+        "epoch": 3,
+        "images": {"test": 10, "val": 20},
+        "per_class": per_class,
+        "test": {"acc": 0.5, "loss": 1.0},
+        "tta": None,
+        "val": {"acc": 0.25, "loss": 2.0},
+    }
+
+
+def test_the_per_class_array_is_cut_out_of_an_evaluation_as_evaluate_writes_it():
+    """The layout evaluate writes (io.json_text): the rest of the JSON parses to the same values
+    with per_class null, the cut-out array to the same entries, whatever the class names hold
+    (brackets, quotes, newlines, the key itself) and however deeply the entries nest."""
+    names = ["a ]", '"per_class": [', "two\n  ]\nlines", "\\n  ]", "[[]]"]
+    entries = [
+        {"index": i, "name": name, "count": 5, "test_acc": 0.5, "tta_acc": None, "x": [[i], []]}
+        for i, name in enumerate(names)
+    ]
+    result = _evaluation(entries)
+    data = io.json_text(result).encode()
+    rest, array = tables._split_per_class(data)
+    assert json.loads(rest) == {**result, "per_class": None}
+    assert json.loads(array) == entries
+    # Any other layout is parsed whole: compact, or an empty array.
+    for other in (json.dumps(result).encode(), io.json_text(_evaluation([])).encode()):
+        assert tables._split_per_class(other) == (other, None)
