@@ -414,8 +414,8 @@ def _workspace_files(project: Project, paths) -> dict[str, bytes]:
 def test_the_ladder_runs_with_every_result_in_the_bucket(tmp_path, s3, project):
     """Snakemake's Kubernetes route on this machine: every result and log goes through the
     bucket (the jobs name Snakemake's local copies), the workspace keeps none of them, the bytes
-    are the workspace's (DVC's run of the same params, `project`), and an edit reruns exactly
-    its consequence."""
+    are the workspace's (DVC's run of the same params, `project`), an edit reruns exactly its
+    consequence, and a job started as a pod starts it, in a folder of sources alone, works."""
     ladder = S3Project(tmp_path / "p", tiny_params(), s3.env())
     options = storage_options(s3, "k8s")
     ladder.snakemake("report", *options, expected=60)
@@ -463,3 +463,24 @@ def test_the_ladder_runs_with_every_result_in_the_bucket(tmp_path, s3, project):
     checkpoints = {k for k in s3.keys("k8s/results/experiments/small_shift/checkpoints/")}
     assert not any(k.endswith("epoch_002.pt") for k in checkpoints), checkpoints  # gone
     assert "Nothing to be done" in ladder.snakemake("report", *options, expected=10).stderr
+
+    # A pod: a folder with the sources alone (what Snakemake's source archive carries: no
+    # results/, no settings files) runs one job as a remote executor starts it, with its own
+    # local copies elsewhere. It writes the settings files it reads, fetches its inputs from the
+    # bucket, and stores there the same weights the first run made.
+    weights = f"{stages.RUNS}/small/checkpoints/"
+    before = {k: v for k, v in _bucket_files(s3, "k8s").items() if k.startswith(weights)}
+    pod = S3Project(tmp_path / "pod", ladder.params, s3.env())
+    pod.run(
+        "snakemake", "--target-jobs", "train:exp=small", "--allowed-rules", "train",
+        "--mode", "remote", "--force", "--nolock", "--ignore-incomplete", "--cores", "1",
+        "--max-inventory-time", "0", "--shared-fs-usage", "none",
+        "--local-storage-prefix", str(tmp_path / "pod-copies"), *options, expected=20,
+    )  # fmt: skip
+    assert pod.path(f"{stages.CONFIGS}/experiments/small/train.json").is_file()
+    assert not pod.path(stages.RUNS).exists()
+    after = {k: v for k, v in _bucket_files(s3, "k8s").items() if k.startswith(weights)}
+    assert len(before) > 2
+    assert {k: v for k, v in after.items() if not k.endswith("/MANIFEST.json")} == {
+        k: v for k, v in before.items() if not k.endswith("/MANIFEST.json")
+    }
