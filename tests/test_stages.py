@@ -109,6 +109,19 @@ def init_dvc(project: Project) -> None:
     project.run("dvc", "init", "-q")
 
 
+def test_a_damaged_file_s_remedy_names_its_workspace_output_from_a_bucket_s_local_copy_too():
+    """A job through a bucket reads Snakemake's local copies (stages.storage_command): the command
+    that rebuilds a damaged one names the workspace's output, as in the workspace."""
+    copies = ".snakemake/storage/s3/my-bucket/ladder"
+    for path in ("results/experiments/a/eval/epoch_001.json", "results/data/prepared/test_x.npy"):
+        here = stages.regenerate(path)
+        assert "--forcerun" in here
+        assert stages.regenerate(f"{copies}/{path}") == here
+    assert stages.regenerate("elsewhere/results/cache/report/index.html") == (
+        "rerun the stage that writes it"
+    )
+
+
 def test_dvc_reads_every_stage_as_the_table_declares_it(tmp_path):
     project = Project(tmp_path / "p", PARAMS)
     init_dvc(project)

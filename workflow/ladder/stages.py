@@ -407,12 +407,13 @@ def declared_plots() -> list[Plot]:
 
 
 def _output(path: str | Path) -> tuple[Stage, Out, str | None] | None:
-    """(the stage, the output and its experiment) of a path inside a declared output."""
+    """(the stage, the output and its experiment) of a path inside a declared output, in the
+    workspace or in a folder laid out as it (Snakemake's local copies of a bucket's objects)."""
     path = Path(path).as_posix()
     for stage in STAGES.values():
         for out in stage.outs.values():
             pattern = re.escape(out.path).replace(re.escape("{exp}"), "(?P<exp>[^/]+)")
-            m = re.fullmatch(f"{pattern}(/.+|{re.escape(manifest(''))})?", path)
+            m = re.fullmatch(f"(?:.*/)?{pattern}(/.+|{re.escape(manifest(''))})?", path)
             if m:
                 return stage, out, m.groupdict().get("exp")
     return None
