@@ -27,6 +27,15 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One torch thread per process, in the test workers and what they start (unless set otherwise):
+# the workers already take a core each, and torch's default of a thread per core then runs two
+# spinning OpenMP threads per busy core, which burns CPU and crawls on a loaded machine (a
+# SIGTERM-resume test took 20 s idle and 382 s beside two other suites). The jobs' own default
+# is one thread too (ladder.devices.DEFAULT_THREADS); every test must pass on one core anyway.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file (a plugin): too late for the variable
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 def load_benchmark(name: str):
     """benchmarks/<name>.py as a module (benchmarks/ is no package). Registered while it

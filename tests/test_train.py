@@ -52,7 +52,7 @@ def settings(**diff) -> dict:
 def run(digits: Path, tmp: Path, s: dict, name: str = "x") -> Path:
     runtime = train.Runtime(
         device="cpu",
-        threads=2,
+        threads=1,  # the jobs' default; two beside another test worker crawl (conftest.py)
         progress_bar=False,
         resume_root=tmp / "resume",
         failed_root=tmp / "failed",
@@ -249,7 +249,7 @@ def _train_cmd(digits: Path, tmp: Path, settings_file: Path) -> list[str]:
         str(BIN / "ladder"), "train", "--experiment", "x", "--settings", str(settings_file),
         "--data", str(digits / "prepared"), "--stats", str(digits / "stats.json"),
         "--out", str(tmp / "runs" / "x"), "--resume-dir", str(tmp / "resume"),
-        "--device", "cpu", "--threads", "2", "--no-progress",
+        "--device", "cpu", "--threads", "1", "--no-progress",
     ]  # fmt: skip
 
 
